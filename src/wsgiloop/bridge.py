@@ -1,0 +1,372 @@
+"""The loop⇄thread queues, and all of wsgiloop's backpressure.
+
+``ResponseStream`` carries the response from an app thread to the event loop; ``RequestBody``
+carries the request body the other way. Both are per connection and reused across keep-alive
+requests, so a request allocates no locks.
+
+Response (app thread → loop)
+    The app thread appends to a pending batch under a lock and wakes the loop with
+    ``call_soon_threadsafe`` only if no wake-up is already pending, so a burst of chunks costs one
+    hop. The thread blocks when the transport is paused (its write buffer rose past the high
+    watermark: ``pause_writing``) until ``resume_writing`` (it fell below the low watermark), or
+    when the batch not yet taken by the loop itself exceeds the high watermark. So per connection
+    at most ~2 × high watermark bytes of response are in memory, whatever the client's speed.
+
+Request body (loop → app thread)
+    The loop feeds body bytes into a buffer bounded by ``limit``; when it is full the protocol
+    stops pulling events from h11 and pauses reading the socket. As ``wsgi.input`` drains the
+    buffer below half the limit, the reading thread asks the loop (one hop) to resume. Nothing is
+    read ahead of the app beyond ``limit`` plus one socket read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import h11
+
+
+class ClientDisconnected(OSError):
+    """Raised in the app thread when the client went away; the response is abandoned."""
+
+
+class BodyTooLarge(ValueError):
+    """The request body exceeded ``--max-body-size``; the server answers 413."""
+
+
+class ResponseStream:
+    """Thread → loop byte stream for one connection, with write backpressure."""
+
+    __slots__ = (
+        "_abort",
+        "_chunks",
+        "_closed",
+        "_cond",
+        "_end",
+        "_granted",
+        "_handoff",
+        "_head",
+        "_high",
+        "_loop",
+        "_on_ready",
+        "_paused",
+        "_queued",
+        "_scheduled",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_ready: Callable[[], None], high: int
+    ) -> None:
+        self._loop = loop
+        self._on_ready = on_ready  # runs on the loop: takes the batch and writes it
+        self._high = high
+        self._cond = threading.Condition(threading.Lock())
+        self._head: h11.Response | None = None
+        self._chunks: list[bytes] = []
+        self._end = False
+        self._abort = False
+        self._handoff = False
+        self._granted = False
+        self._queued = 0
+        self._scheduled = False
+        self._paused = False
+        self._closed = False
+
+    # -- app thread side -------------------------------------------------------------------
+
+    def send(
+        self,
+        head: h11.Response | None,
+        chunks: list[bytes] | None = None,
+        *,
+        end: bool = False,
+        abort: bool = False,
+    ) -> None:
+        """Queue a head, body chunks and/or the end; block while the client is not keeping up."""
+        cond = self._cond
+        with cond:
+            if self._closed:
+                raise ClientDisconnected("client disconnected")
+            if head is not None:
+                self._head = head
+            if chunks:
+                self._chunks += chunks
+                for chunk in chunks:
+                    self._queued += len(chunk)
+            self._end = end
+            self._abort = abort
+            wake = not self._scheduled
+            self._scheduled = True
+        if wake:
+            self._loop.call_soon_threadsafe(self._on_ready)
+        if end or abort:
+            return
+        if self._paused or self._queued > self._high:
+            with cond:
+                while (self._paused or self._queued > self._high) and not self._closed:
+                    cond.wait()
+                if self._closed:
+                    raise ClientDisconnected("client disconnected")
+
+    def handoff(self) -> None:
+        """Block until the loop has flushed everything and lends this thread the socket.
+
+        Used for ``os.sendfile``: the thread then writes to the socket directly, which is safe
+        because the loop writes nothing for this connection until the thread queues more.
+        """
+        cond = self._cond
+        with cond:
+            if self._closed:
+                raise ClientDisconnected("client disconnected")
+            self._handoff = True
+            self._granted = False
+            wake = not self._scheduled
+            self._scheduled = True
+        if wake:
+            self._loop.call_soon_threadsafe(self._on_ready)
+        with cond:
+            while not self._granted and not self._closed:
+                cond.wait()
+            if self._closed:
+                raise ClientDisconnected("client disconnected")
+
+    # -- loop side ---------------------------------------------------------------------------
+
+    def take(
+        self,
+    ) -> tuple[h11.Response | None, list[bytes], bool, bool, bool]:
+        """Hand the pending batch to the loop: (head, chunks, handoff, end, abort)."""
+        with self._cond:
+            head, chunks, handoff = self._head, self._chunks, self._handoff
+            end, abort = self._end, self._abort
+            self._head = None
+            self._chunks = []
+            self._handoff = False
+            self._end = self._abort = False
+            self._scheduled = False
+            if self._queued > self._high:
+                self._cond.notify_all()
+            self._queued = 0
+        return head, chunks, handoff, end, abort
+
+    def grant(self) -> None:
+        """The transport's buffer is empty: the waiting thread may write to the socket."""
+        with self._cond:
+            self._granted = True
+            self._cond.notify_all()
+
+    def pause(self) -> None:
+        """The transport's buffer passed the high watermark (``pause_writing``)."""
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        """The transport's buffer fell to the low watermark (``resume_writing``)."""
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """The connection is gone: wake any blocked app thread with ``ClientDisconnected``."""
+        with self._cond:
+            self._closed = True
+            self._chunks = []
+            self._queued = 0
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class RequestBody:
+    """Loop → thread request body for one connection, with read backpressure.
+
+    The loop calls ``feed``/``feed_eof``/``close`` and checks ``wants_data``; the app thread reads
+    through ``wsgi.input`` (``InputStream``). ``request_more`` is the loop callback that resumes
+    reading; it is scheduled from the app thread only when the loop actually stopped feeding.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_cond",
+        "_eof",
+        "_limit",
+        "_loop",
+        "_max_size",
+        "_received",
+        "_stalled",
+        "expect_continue",
+        "on_first_read",
+        "request_more",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        limit: int,
+        request_more: Callable[[], None],
+        on_first_read: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._limit = limit
+        self.request_more = request_more
+        self.on_first_read = on_first_read
+        self._cond = threading.Condition(threading.Lock())
+        self._buffer = bytearray()
+        self._eof = True
+        self._closed = False
+        self._stalled = False
+        self._received = 0
+        self._max_size = 0
+        self.expect_continue = False
+
+    def reset(self, has_body: bool, expect_continue: bool, max_size: int) -> None:
+        """Start a new request (loop side)."""
+        with self._cond:
+            self._buffer.clear()
+            self._eof = not has_body
+            self._closed = False
+            self._stalled = False
+            self._received = 0
+            self._max_size = max_size
+            self.expect_continue = expect_continue
+
+    # -- loop side ---------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        with self._cond:
+            self._received += len(data)
+            self._buffer += data
+            self._cond.notify()
+
+    def feed_eof(self) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        """The connection is gone or the request was abandoned: readers get ClientDisconnected."""
+        with self._cond:
+            self._closed = True
+            self._buffer.clear()
+            self._cond.notify()
+
+    def wants_data(self) -> bool:
+        """Whether the loop may feed more; if not, note that the app must wake the loop."""
+        if len(self._buffer) < self._limit:
+            return True
+        with self._cond:
+            # Re-check under the lock: the app may have drained the buffer meanwhile.
+            if len(self._buffer) < self._limit:
+                return True
+            self._stalled = True
+            return False
+
+    @property
+    def received(self) -> int:
+        return self._received
+
+    @property
+    def complete(self) -> bool:
+        return self._eof
+
+    # -- app thread side ---------------------------------------------------------------------
+
+    def _take(self, size: int, line: bool) -> bytes:
+        """``size`` bytes (-1: to EOF) or up to and including a newline; short only at EOF.
+
+        Blocks until satisfied. Whatever is buffered is moved out as it waits, so a read larger
+        than the buffer limit still drains the socket instead of deadlocking.
+        """
+        if self.expect_continue:
+            self.expect_continue = False
+            self._loop.call_soon_threadsafe(self.on_first_read)
+        cond = self._cond
+        buf = self._buffer
+        parts: list[bytes] = []
+        want = size
+        with cond:
+            while True:
+                if self._received > self._max_size:
+                    raise BodyTooLarge(f"request body larger than {self._max_size} bytes")
+                avail = len(buf)
+                done = True
+                newline = buf.find(b"\n", 0, want if want >= 0 else None) if line else -1
+                if newline != -1:
+                    n = newline + 1
+                elif 0 <= want <= avail:
+                    n = want
+                elif self._eof or self._closed:
+                    n = avail
+                else:
+                    n, done = avail, False
+                if n:
+                    parts.append(bytes(buf[:n]))
+                    del buf[:n]
+                    if want > 0:
+                        want -= n
+                if self._stalled and len(buf) <= self._limit // 2:
+                    self._stalled = False
+                    self._loop.call_soon_threadsafe(self.request_more)
+                if done:
+                    break
+                cond.wait()
+            if self._closed and not self._eof:
+                raise ClientDisconnected("client disconnected while sending the body")
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+
+class InputStream:
+    """``wsgi.input``: a blocking, read-only file over ``RequestBody``."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: RequestBody) -> None:
+        self._body = body
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self._body._take(-1, False)
+        if size == 0:
+            return b""
+        return self._body._take(size, False)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if size == 0:
+            return b""
+        return self._body._take(-1 if size is None else size, True)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Apps may close ``wsgi.input``; the body belongs to the server, so this does nothing."""

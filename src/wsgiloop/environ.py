@@ -1,0 +1,126 @@
+"""Request → PEP 3333 environ, without any I/O.
+
+The per-connection part (addresses, constants) is built once per connection by
+``connection_environ``; ``request_environ`` copies it (a C-level ``dict`` copy) and adds what one
+request carries. Header names are mapped to ``HTTP_*`` keys through a small cache, because the
+same few dozen names arrive on every request.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from h11 import Request
+
+from . import __version__
+
+SERVER_SOFTWARE = f"wsgiloop/{__version__}"
+
+# Header name (lowercase bytes, as h11 gives it) → environ key; None drops the header.
+_KEY_CACHE: dict[bytes, str | None] = {
+    b"content-type": "CONTENT_TYPE",
+    b"content-length": "CONTENT_LENGTH",
+    # Hop-by-hop framing is the server's business; apps see wsgi.input_terminated instead.
+    b"transfer-encoding": None,
+}
+_KEY_CACHE_MAX = 512
+
+
+def _environ_key(name: bytes) -> str | None:
+    key = _KEY_CACHE.get(name, "")
+    if key != "":
+        return key
+    # Underscores are dropped: "X-Auth_User" and "X-Auth-User" would collide as HTTP_X_AUTH_USER,
+    # which a client can use to spoof a header a proxy set (gunicorn, nginx and Apache agree).
+    computed = None if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+        _KEY_CACHE[name] = computed
+    return computed
+
+
+def connection_environ(
+    *,
+    server: tuple[str, int] | None,
+    peer: tuple[str, int] | None,
+    url_scheme: str,
+    script_name: str,
+    multiprocess: bool,
+    errors: Any = None,
+) -> dict[str, Any]:
+    """The keys that stay the same for every request on one connection.
+
+    ``server``/``peer`` are ``None`` on a Unix socket: REMOTE_ADDR is then empty (the proxy in
+    front knows the client, see ``proxy``) and SERVER_NAME/PORT fall back to localhost.
+    """
+    if server is None:
+        server_name, server_port = "localhost", "443" if url_scheme == "https" else "80"
+    else:
+        server_name, server_port = server[0], str(server[1])
+    return {
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "REMOTE_ADDR": peer[0] if peer else "",
+        "REMOTE_PORT": str(peer[1]) if peer else "",
+        "SCRIPT_NAME": script_name,
+        "SERVER_SOFTWARE": SERVER_SOFTWARE,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": url_scheme,
+        "wsgi.errors": errors if errors is not None else sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """Split a request target into (path, query), accepting the absolute form too."""
+    if target[:1] != b"/":
+        if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+            # absolute-form (RFC 9112 3.2.2): keep only the path and query.
+            slash = target.find(b"/", target.find(b"//") + 2)
+            target = target[slash:] if slash != -1 else b"/"
+        # asterisk-form ("OPTIONS *") and anything else pass through for the app to judge.
+    path, _, query = target.partition(b"?")
+    return path, query
+
+
+def decode_path(path: bytes) -> str:
+    """Percent-decode the path to bytes, then to a native string through latin-1 (PEP 3333)."""
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    return path.decode("latin-1")
+
+
+def request_environ(
+    base: dict[str, Any], request: Request, wsgi_input: Any, script_name: str
+) -> dict[str, Any]:
+    """The full environ for one parsed request."""
+    environ = base.copy()
+    raw_path, query = split_target(request.target)
+    path = decode_path(raw_path)
+    if script_name and (path == script_name or path.startswith(script_name + "/")):
+        path = path[len(script_name) :]
+    environ["REQUEST_METHOD"] = request.method.decode("ascii")
+    environ["PATH_INFO"] = path
+    environ["QUERY_STRING"] = query.decode("latin-1")
+    environ["RAW_URI"] = request.target.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode("ascii")
+    environ["wsgi.input"] = wsgi_input
+    get_key = _environ_key
+    for name, value in request.headers:
+        key = get_key(name)
+        if key is None:
+            continue
+        text = value.decode("latin-1")
+        if key in environ:
+            if key == "HTTP_COOKIE":
+                # RFC 6265 5.4: several Cookie fields are one list joined with "; ".
+                text = environ[key] + "; " + text
+            elif key[0] == "H":
+                text = environ[key] + "," + text
+            # CONTENT_LENGTH/CONTENT_TYPE repeated: h11 already rejected conflicting lengths.
+        environ[key] = text
+    return environ

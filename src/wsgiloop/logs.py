@@ -1,0 +1,114 @@
+"""Loggers and the access-log line.
+
+Two stdlib loggers, as gunicorn has them: ``wsgiloop.error`` for the server's own messages and
+``wsgiloop.access`` for one line per request. The access line uses gunicorn's atoms
+(``%(h)s %(r)s %(s)s`` ...) so existing log parsers keep working. It is formatted in the app's
+thread after the response has been handed to the loop, and only when the logger is enabled, so a
+disabled access log costs one ``isEnabledFor`` check per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+error_log = logging.getLogger("wsgiloop.error")
+access_log = logging.getLogger("wsgiloop.access")
+
+ERROR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+ERROR_DATEFMT = "%Y-%m-%d %H:%M:%S %z"
+
+
+def configure(level: str = "info", access: bool = True) -> None:
+    """Install stderr handlers on both loggers unless the embedding program configured them."""
+    numeric = getattr(logging, level.upper())
+    for logger in (error_log, access_log):
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            fmt = ERROR_FORMAT if logger is error_log else "%(message)s"
+            handler.setFormatter(logging.Formatter(fmt, ERROR_DATEFMT))
+            logger.addHandler(handler)
+        logger.propagate = False
+    error_log.setLevel(numeric)
+    # The access log is INFO-level by nature: --log-level warning does not silence it, only
+    # --no-access-log does (as in gunicorn, where the access log is its own switch).
+    access_log.setLevel(logging.INFO if access else logging.CRITICAL + 1)
+
+
+class _Atoms(dict[str, str]):
+    """Unknown atoms render as ``-`` instead of raising, so a typo in a format never 500s."""
+
+    def __missing__(self, key: str) -> str:
+        if key.startswith("{") and key.endswith("}i"):
+            return self.get("__header__" + key[1:-2].lower(), "-")
+        return "-"
+
+
+def access_atoms(
+    environ: dict[str, Any],
+    status: str,
+    sent: int,
+    duration: float,
+) -> dict[str, str]:
+    """The gunicorn atoms for one request (``duration`` in seconds)."""
+    query = environ.get("QUERY_STRING", "")
+    path = environ.get("RAW_URI") or (environ.get("PATH_INFO", "") + ("?" + query if query else ""))
+    atoms = _Atoms(
+        h=environ.get("REMOTE_ADDR") or "-",
+        l="-",
+        u=_remote_user(environ),
+        t=time.strftime("[%d/%b/%Y:%H:%M:%S %z]"),
+        r=f"{environ['REQUEST_METHOD']} {path} {environ['SERVER_PROTOCOL']}",
+        m=environ["REQUEST_METHOD"],
+        U=environ.get("PATH_INFO", ""),
+        q=query,
+        H=environ["SERVER_PROTOCOL"],
+        s=status.split(" ", 1)[0],
+        B=str(sent),
+        b=str(sent) if sent else "-",
+        f=environ.get("HTTP_REFERER", "-"),
+        a=environ.get("HTTP_USER_AGENT", "-"),
+        T=str(int(duration)),
+        D=str(int(duration * 1_000_000)),
+        M=str(int(duration * 1000)),
+        L=f"{duration:.6f}",
+        p=f"<{_pid}>",
+    )
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            atoms["__header__" + key[5:].lower().replace("_", "-")] = value
+    return atoms
+
+
+def _remote_user(environ: dict[str, Any]) -> str:
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if auth[:6].lower() == "basic ":
+        import base64
+        import binascii
+
+        try:
+            return base64.b64decode(auth[6:]).decode("latin-1").split(":", 1)[0] or "-"
+        except (binascii.Error, ValueError):
+            return "-"
+    return "-"
+
+
+_pid = 0
+
+
+def set_pid(pid: int) -> None:
+    """Record the worker's pid for the ``%(p)s`` atom (after fork it changes)."""
+    global _pid
+    _pid = pid
+
+
+def log_access(
+    fmt: str, environ: dict[str, Any], status: str, sent: int, duration: float
+) -> None:
+    """Write one access line; callers check ``access_log.isEnabledFor(INFO)`` first."""
+    try:
+        access_log.info(fmt, access_atoms(environ, status, sent, duration))
+    except Exception:  # a broken format must not break the request
+        error_log.exception("Failed to format the access log line")

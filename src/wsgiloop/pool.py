@@ -1,0 +1,93 @@
+"""The bounded thread pool that runs WSGI apps.
+
+Unlike ``concurrent.futures.ThreadPoolExecutor`` there is no unbounded work queue: the loop hands
+a job to the threads only while one is free, and keeps the rest in its own FIFO of waiting
+requests. Each connection has at most one request in flight (pipelined requests are not parsed
+until the previous response ends), so that FIFO is bounded by ``--limit-concurrency``; and since
+the loop knows the pool is saturated, it can stop reading new requests instead of queueing them.
+Threads start on demand and are daemons, so a hung app cannot keep the process alive at exit.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .logs import error_log
+
+Job = tuple[Callable[[Any], None], Any]
+
+
+class ThreadPool:
+    """``size`` threads; ``submit``/``done`` are called on the event loop only."""
+
+    __slots__ = ("_busy", "_jobs", "_name", "_size", "_threads", "_waiting")
+
+    def __init__(self, size: int, name: str = "wsgiloop") -> None:
+        self._size = size
+        self._name = name
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._waiting: deque[Job] = deque()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def busy(self) -> int:
+        """Jobs handed to threads and not yet reported done."""
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting on the loop for a free thread."""
+        return len(self._waiting)
+
+    def submit(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """Run ``fn(arg)`` on a pool thread now, or as soon as one is free."""
+        if self._busy < self._size:
+            self._busy += 1
+            if len(self._threads) < self._busy:
+                self._start_thread()
+            self._jobs.put((fn, arg))
+        else:
+            self._waiting.append((fn, arg))
+
+    def done(self) -> None:
+        """A job finished its response: its thread may take the next waiting job."""
+        if self._waiting:
+            self._jobs.put(self._waiting.popleft())
+        else:
+            self._busy -= 1
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        get = self._jobs.get
+        while True:
+            job = get()
+            if job is None:
+                return
+            fn, arg = job
+            try:
+                fn(arg)
+            except BaseException:  # the job handles app errors; this is a bug in wsgiloop
+                error_log.exception("Unhandled error in a pool thread")
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop the threads after their current job; wait up to ``timeout`` seconds."""
+        self._waiting.clear()
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout)

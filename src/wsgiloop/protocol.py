@@ -1,0 +1,407 @@
+"""The asyncio side of a connection: bytes in → h11 events → exchanges; batches out → bytes.
+
+``HttpProtocol`` moves bytes and events and nothing else: request → environ lives in ``environ``,
+start_response and framing decisions in ``response``/``wsgi``, the backpressure mechanics in
+``bridge``. Everything here runs on the event loop thread.
+
+Life of a connection::
+
+    idle ──bytes──▶ reading head ──Request──▶ exchange on a pool thread ──end──▶ idle
+      ▲  (keep-alive timeout)   (header timeout)   (body fed with backpressure)      │
+      └──────────────────────── start_next_cycle (or discard unread body) ◀──────────┘
+
+Pipelined requests stay in h11's buffer (reading pauses) until the response before them ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import h11
+
+from .bridge import InputStream, RequestBody, ResponseStream
+from .environ import connection_environ, request_environ
+from .logs import error_log
+from .response import error_head
+from .wsgi import Exchange
+
+if TYPE_CHECKING:
+    from .server import ServerState
+
+_Data = h11.Data
+_EndOfMessage = h11.EndOfMessage
+_Request = h11.Request
+_NEED_DATA = h11.NEED_DATA
+_PAUSED = h11.PAUSED
+_DONE = h11.DONE
+_SEND_BODY = h11.SEND_BODY
+
+
+class _Span:
+    """Stands for file bytes that ``os.sendfile`` writes, so h11 can count them."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection."""
+
+    __slots__ = (
+        "base_environ",
+        "body",
+        "conn",
+        "deadline",
+        "discarded",
+        "discarding",
+        "draining",
+        "exchange",
+        "idle",
+        "loop",
+        "reading",
+        "state",
+        "stream",
+        "transport",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.deadline = 0.0  # loop.time() after which the connection is timed out; 0: none
+        self.idle = True  # no byte of a next request yet
+        self.reading = True
+        self.discarding = False  # response done, dropping the unread rest of the body
+        self.discarded = 0
+        self.draining = False  # waiting for the write buffer to empty before a sendfile
+
+    # -- connection lifetime -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        state = self.state
+        config = state.config
+        state.connections.add(self)
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        transport.set_write_buffer_limits(config.write_buffer_high, config.write_buffer_low)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.base_environ = connection_environ(
+            server=sock[:2] if isinstance(sock, tuple) else None,
+            peer=peer[:2] if isinstance(peer, tuple) else None,
+            url_scheme=state.url_scheme,
+            script_name=config.root_path,
+            multiprocess=config.workers > 1,
+        )
+        self.stream = ResponseStream(self.loop, self._flush, config.write_buffer_high)
+        self.body = RequestBody(
+            self.loop, config.body_buffer, self._resume_body, self._send_continue
+        )
+        self.deadline = self.loop.time() + config.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        # Wake a blocked app thread: its next write or read raises ClientDisconnected, so the
+        # app's iterable is closed and its pool thread freed.
+        self.stream.close()
+        self.body.close()
+        self.deadline = 0.0
+
+    def pause_writing(self) -> None:
+        self.stream.pause()
+
+    def resume_writing(self) -> None:
+        if self.draining:
+            self._grant_socket()
+        self.stream.resume()
+
+    @property
+    def socket_fd(self) -> int | None:
+        """The raw socket for ``os.sendfile``, or None where the transport must do the writing."""
+        transport = self.transport
+        if transport is None or transport.get_extra_info("sslcontext") is not None:
+            return None
+        sock = transport.get_extra_info("socket")
+        return sock.fileno() if sock is not None else None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:
+            self.idle = False
+            self.deadline = self.loop.time() + self.state.config.header_timeout
+        self.conn.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self._pump()
+        # Keep the write side open while a response is still to be sent (half-close).
+        return self.exchange is not None and not self.discarding
+
+    def _pause_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.reading:
+            self.reading = True
+            assert self.transport is not None
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def _pump(self) -> None:
+        """Pull events from h11 until it needs data or the app must catch up."""
+        conn = self.conn
+        body = self.body
+        while True:
+            if self.exchange is not None and not self.discarding and not body.wants_data():
+                self._pause_reading()  # request-body backpressure: the app reads too slowly
+                return
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._client_error(exc.error_status_hint, str(exc))
+                return
+            kind = type(event)
+            if kind is _Data:
+                data = event.data  # type: ignore[union-attr]
+                if self.discarding:
+                    self.discarded += len(data)
+                    if self.discarded > self.state.config.max_discard:
+                        self._close()
+                        return
+                else:
+                    body.feed(data)
+            elif kind is _Request:
+                self._on_request(event)  # type: ignore[arg-type]
+                if self.exchange is None:  # answered on the loop (an error): connection closing
+                    return
+            elif kind is _EndOfMessage:
+                if self.discarding:
+                    self._start_next_cycle()
+                    return
+                body.feed_eof()
+            elif event is _NEED_DATA:
+                return
+            elif event is _PAUSED:
+                # A pipelined request is buffered behind the one in flight: stop reading until
+                # its turn comes, so h11's buffer stays at one socket read.
+                self._pause_reading()
+                return
+            elif kind is h11.ConnectionClosed:
+                if self.exchange is None:
+                    self._close()
+                return
+
+    def _on_request(self, request: h11.Request) -> None:
+        state = self.state
+        config = state.config
+        conn = self.conn
+        self.deadline = 0.0
+        if request.http_version not in (b"1.1", b"1.0"):
+            self._client_error(505, "unsupported HTTP version")
+            return
+        if len(request.headers) > config.limit_request_fields:
+            self._client_error(431, "too many header fields")
+            return
+        if len(request.target) > config.limit_request_line:
+            self._client_error(414, "request target too long")
+            return
+        if len(state.connections) > config.limit_concurrency or state.stopping:
+            self._client_error(503, "over the connection limit")
+            return
+        has_body = conn.their_state is _SEND_BODY
+        self.body.reset(has_body, conn.they_are_waiting_for_100_continue, config.max_body_size)
+        environ = request_environ(
+            self.base_environ, request, InputStream(self.body), config.root_path
+        )
+        length = environ.get("CONTENT_LENGTH")
+        if length is not None and int(length) > config.max_body_size:
+            self._client_error(413, "request body too large")
+            return
+        if state.proxy_trust is not None:
+            state.apply_proxy_headers(environ, state.proxy_trust)
+        extra = state.default_headers
+        if request.http_version == b"1.0" and _wants_keep_alive(request):
+            # h11 never keeps HTTP/1.0 alive; RFC 9112 appendix C.2.2 lets us when asked.
+            # The response must still carry a length: without one h11 closes, as it must.
+            conn._cstate.keep_alive = True
+            extra = [*extra, (b"Connection", b"keep-alive")]
+        self.exchange = Exchange(self, environ, extra, request.method == b"HEAD")
+        state.pool.submit(Exchange.run, self.exchange)
+
+    def _resume_body(self) -> None:
+        """The app drained the body buffer (called from its thread via the loop)."""
+        if self.exchange is not None and not self.discarding:
+            self._resume_reading()
+            self._pump()
+
+    def _send_continue(self) -> None:
+        """The app started reading a body the client holds back for ``100 Continue``."""
+        conn = self.conn
+        if conn.they_are_waiting_for_100_continue and conn.our_state is h11.SEND_RESPONSE:
+            assert self.transport is not None
+            self.transport.write(conn.send(h11.InformationalResponse(status_code=100)))  # type: ignore[arg-type]
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Take the app thread's pending batch and write it (scheduled by ``ResponseStream``)."""
+        head, chunks, handoff, end, abort = self.stream.take()
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            if end or abort:
+                self._end_exchange()
+            return
+        conn = self.conn
+        try:
+            out: list[bytes] = []
+            if head is not None:
+                out.append(conn.send(head))  # type: ignore[arg-type]
+            for chunk in chunks:
+                out += conn.send_with_data_passthrough(_Data(data=chunk))  # type: ignore[operator]
+            if end:
+                out.append(conn.send(_EndOfMessage()))  # type: ignore[arg-type]
+        except h11.LocalProtocolError as exc:
+            # e.g. the app declared a Content-Length and sent less: the framing is broken.
+            error_log.error("Aborting a response that does not match its framing: %s", exc)
+            abort = True
+        if out:
+            transport.writelines(out)
+        if handoff:
+            self._drain_then_grant()
+        if abort:
+            transport.abort()
+        if end or abort:
+            self._end_exchange()
+
+    def account_passthrough(self, count: int) -> None:
+        """Tell h11 that ``count`` body bytes went out by ``os.sendfile`` (app thread; see wsgi).
+
+        h11's state is only touched on the loop, but here the loop is parked: the app thread
+        holds the socket between ``handoff`` and its next send, and the loop writes nothing.
+        """
+        self.conn.send_with_data_passthrough(_Data(data=_Span(count)))  # type: ignore[arg-type]
+
+    def _drain_then_grant(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if transport.get_write_buffer_size() == 0:
+            self.stream.grant()
+            return
+        # resume_writing fires when the buffer falls to the low mark: make that mark zero.
+        self.draining = True
+        transport.set_write_buffer_limits(high=0, low=0)
+
+    def _grant_socket(self) -> None:
+        self.draining = False
+        config = self.state.config
+        assert self.transport is not None
+        self.transport.set_write_buffer_limits(config.write_buffer_high, config.write_buffer_low)
+        self.stream.grant()
+
+    def _end_exchange(self) -> None:
+        """The response is complete (or aborted): free the pool slot, go on or close."""
+        self.state.pool.done()
+        transport = self.transport
+        assert transport is not None
+        conn = self.conn
+        if transport.is_closing():
+            self.exchange = None
+            return
+        ours, theirs = conn.our_state, conn.their_state
+        if ours is _DONE and theirs is _DONE and not self.state.stopping:
+            self._start_next_cycle()
+        elif (
+            ours is _DONE
+            and theirs is _SEND_BODY
+            and not conn.they_are_waiting_for_100_continue
+            and not self.state.stopping
+        ):
+            # The app did not read the whole body: drop the rest (bounded) to reach the next
+            # request, rather than closing a keep-alive connection over a small leftover.
+            self.body.close()
+            self.discarding = True
+            self.discarded = 0
+            self.deadline = self.loop.time() + self.state.config.header_timeout
+            self._resume_reading()
+            self._pump()
+        else:
+            self.exchange = None
+            self._close()
+
+    def _start_next_cycle(self) -> None:
+        self.exchange = None
+        self.discarding = False
+        self.conn.start_next_cycle()
+        self.idle = True
+        self.deadline = self.loop.time() + self.state.config.keepalive_timeout
+        self._resume_reading()
+        self._pump()  # a pipelined request may already be buffered
+
+    # -- errors, timeouts, shutdown ----------------------------------------------------------
+
+    def _client_error(self, status: int, detail: str) -> None:
+        """Answer a request we will not pass to the app, then close. No traceback: not our bug."""
+        transport = self.transport
+        assert transport is not None
+        peer = self.base_environ["REMOTE_ADDR"] or "unix socket"
+        error_log.debug("Invalid request from %s: %s %s", peer, status, detail)
+        if self.exchange is not None:
+            # Broken body framing while the app runs: it sees a disconnect on its next read,
+            # and the response it may be writing cannot be trusted to the client any more.
+            self.body.close()
+            self._close()
+            return
+        conn = self.conn
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not transport.is_closing():
+            phrase = HTTPStatus(status).phrase
+            body = f"{status} {phrase}\n".encode()
+            out: list[bytes] = []
+            try:
+                out.append(conn.send(error_head(status, body, self.state.default_headers)))  # type: ignore[arg-type]
+                out.append(conn.send(_Data(data=body)))  # type: ignore[arg-type]
+            except h11.LocalProtocolError:
+                pass  # a HEAD request: no body allowed
+            transport.writelines(out)
+        self._close()
+
+    def _close(self) -> None:
+        self.deadline = 0.0
+        assert self.transport is not None
+        self.transport.close()
+
+    def on_deadline(self) -> None:
+        """Called by the server's ticker once ``deadline`` has passed."""
+        if self.discarding:
+            self._close()  # the client stalls in a body nobody wants
+        elif self.exchange is not None:
+            return
+        elif self.idle:
+            self._close()  # keep-alive timeout: nothing was asked, nothing to say
+        else:
+            self._client_error(408, "timed out reading the request head")
+
+    def shutdown(self) -> None:
+        """Graceful stop: close now if idle; otherwise after the current response."""
+        if self.exchange is None:
+            self._close()
+
+
+def _wants_keep_alive(request: h11.Request) -> bool:
+    for name, value in request.headers:
+        if name == b"connection":
+            return b"keep-alive" in value.lower()
+    return False

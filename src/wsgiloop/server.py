@@ -1,0 +1,222 @@
+"""One worker: listening sockets, the event loop, the thread pool, timeouts and shutdown.
+
+``Server.serve()`` runs until ``stop()`` (SIGTERM/SIGINT) and then shuts down gracefully: stop
+accepting, close idle connections, let in-flight responses finish within
+``--graceful-timeout``, abort the rest. A ticker (one timer for the whole server, not one per
+connection) refreshes the cached ``Date`` header and enforces header and keep-alive timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_BIND, Config
+from .logs import error_log
+from .pool import ThreadPool
+from .protocol import HttpProtocol
+from .sockets import create_socket, describe, parse_bind, socket_from_fd
+from .wsgi import WSGIApp
+
+TICK = 0.25  # seconds between timeout sweeps; timeouts are honoured to within this
+
+
+class ServerState:
+    """What every connection of one worker shares."""
+
+    __slots__ = (
+        "app",
+        "apply_proxy_headers",
+        "config",
+        "connections",
+        "default_headers",
+        "loop",
+        "pool",
+        "proxy_trust",
+        "stopping",
+        "url_scheme",
+    )
+
+    def __init__(self, app: WSGIApp, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.config = config
+        self.loop = loop
+        self.pool = ThreadPool(config.threads)
+        self.connections: set[HttpProtocol] = set()
+        self.stopping = False
+        self.url_scheme = config.url_scheme
+        self.proxy_trust: Any = None
+        self.apply_proxy_headers: Callable[[dict[str, Any], Any], None] = _no_proxy
+        if config.proxy_headers:
+            from .proxy import ProxyTrust, apply_proxy_headers
+
+            self.proxy_trust = ProxyTrust(config.forwarded_allow_ips)
+            self.apply_proxy_headers = apply_proxy_headers
+        self.default_headers: list[tuple[bytes, bytes]] = []
+        self.refresh_headers()
+
+    def refresh_headers(self) -> None:
+        """Rebuild the Server/Date headers (the list is replaced, never mutated: threads read it)."""
+        headers = []
+        if self.config.server_header:
+            headers.append((b"Server", b"wsgiloop"))
+        if self.config.date_header:
+            headers.append((b"Date", email.utils.formatdate(usegmt=True).encode()))
+        self.default_headers = headers
+
+
+def _no_proxy(environ: dict[str, Any], trust: Any) -> None:
+    return None
+
+
+def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
+    """uvloop when asked or available (``auto``), else the stdlib loop."""
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def open_sockets(config: Config) -> list[socket.socket]:
+    """Inherited sockets (systemd, ``--fd``) plus one per ``--bind``."""
+    sockets: list[socket.socket] = []
+    try:
+        from .systemd import listen_fds
+
+        sockets += listen_fds()
+    except ImportError:
+        pass
+    sockets += [socket_from_fd(fd) for fd in config.fd]
+    binds = config.bind or ([] if sockets else [DEFAULT_BIND])
+    for value in binds:
+        sockets.append(
+            create_socket(parse_bind(value), config.backlog, config.reuse_port, config.umask)
+        )
+    return sockets
+
+
+class Server:
+    """One worker process's server."""
+
+    def __init__(self, app: WSGIApp, config: Config) -> None:
+        self.app = app
+        self.config = config
+        self.state: ServerState | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stop: asyncio.Event | None = None
+        self.started = False
+
+    async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Serve until ``stop()``; then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        state = self.state = ServerState(self.app, config, loop)
+        self._stop = asyncio.Event()
+        if sockets is None:
+            sockets = open_sockets(config)
+        for sock in sockets:
+            server = await loop.create_server(
+                lambda: HttpProtocol(state), sock=sock, backlog=config.backlog
+            )
+            self._servers.append(server)
+        for sock in sockets:
+            error_log.info("Listening at: %s (%d)", describe(sock, state.url_scheme), os.getpid())
+        self.started = True
+        ticker = loop.create_task(self._tick())
+        try:
+            await self._stop.wait()
+        finally:
+            ticker.cancel()
+            await self._shutdown()
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [s for server in self._servers for s in server.sockets]  # type: ignore[misc]
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (call on the loop, or via ``call_soon_threadsafe``)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _tick(self) -> None:
+        state = self.state
+        assert state is not None
+        loop = asyncio.get_running_loop()
+        last_second = int(time.time())
+        while True:
+            await asyncio.sleep(TICK)
+            now = int(time.time())
+            if now != last_second:
+                last_second = now
+                state.refresh_headers()
+            clock = loop.time()
+            for proto in list(state.connections):
+                if proto.deadline and clock >= proto.deadline:
+                    proto.on_deadline()
+
+    async def _shutdown(self) -> None:
+        state = self.state
+        assert state is not None
+        state.stopping = True
+        for server in self._servers:
+            server.close()
+        for proto in list(state.connections):
+            proto.shutdown()
+        deadline = time.monotonic() + self.config.graceful_timeout
+        while state.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            for proto in list(state.connections):
+                proto.shutdown()  # those that finished their response meanwhile
+        if state.connections:
+            error_log.warning(
+                "Graceful timeout: aborting %d connection(s)", len(state.connections)
+            )
+            for proto in list(state.connections):
+                if proto.transport is not None:
+                    proto.transport.abort()
+            await asyncio.sleep(0)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        state.pool.shutdown(timeout=1.0)
+
+
+def run(app: WSGIApp, config: Config) -> int:
+    """Run one worker in this process until SIGINT/SIGTERM; return the exit status."""
+    config.validate()
+    loop = new_event_loop(config.loop)
+    asyncio.set_event_loop(loop)
+    server = Server(app, config)
+    error_log.info("Starting wsgiloop %s", __version__)
+    error_log.info(
+        "Using %s event loop, %d threads", type(loop).__module__.split(".")[0], config.threads
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_signal, server, sig)
+    try:
+        loop.run_until_complete(server.serve())
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
+    error_log.info("Shutdown complete")
+    return 0
+
+
+def _on_signal(server: Server, sig: signal.Signals) -> None:
+    error_log.info("Received %s: shutting down gracefully", signal.Signals(sig).name)
+    server.stop()
