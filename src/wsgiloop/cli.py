@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-w", "--workers", type=int, default=d.workers, help="worker processes")
     g.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default=d.loop,
                    help="event loop; auto is uvloop when installed")
+    g.add_argument("--max-requests", type=int, default=d.max_requests,
+                   help="recycle a worker after this many requests (0: never)")
+    g.add_argument("--max-requests-jitter", type=int, default=d.max_requests_jitter,
+                   help="add up to this many to --max-requests, per worker")
+    g.add_argument("-t", "--timeout", type=float, default=d.timeout,
+                   help="kill a worker whose event loop is silent this long (0: never)")
+    g.add_argument("--preload", action="store_true",
+                   help="load the app in the supervisor before forking workers")
     g.add_argument("--limit-concurrency", type=int, default=d.limit_concurrency,
                    help="connections per worker; requests beyond get 503")
 
@@ -160,15 +168,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.chdir(args.chdir)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: apps in the current directory import
-    try:
-        app = load_app(config.app or "")
-    except AppImportError as exc:
-        error_log.error("Error: %s", exc)
-        return 2
+    spec = config.app or ""
     if config.workers > 1:
         from .supervisor import run_supervisor
 
-        return run_supervisor(app, config)
+        try:
+            return run_supervisor(lambda: load_app(spec), config)
+        except AppImportError as exc:  # with --preload
+            error_log.error("Error: %s", exc)
+            return 2
+    try:
+        app = load_app(spec)
+    except AppImportError as exc:
+        error_log.error("Error: %s", exc)
+        return 2
     from .server import run
 
     return run(app, config)

@@ -65,7 +65,10 @@ class Config:
     keepalive_timeout: float = 5.0
     header_timeout: float = 10.0
     graceful_timeout: float = 30.0
-    timeout: float = 0.0  # worker/request watchdog; 0 disables.
+    timeout: float = 30.0  # a worker whose event loop is silent this long is killed; 0: never
+    max_requests: int = 0  # recycle a worker after this many requests; 0: never
+    max_requests_jitter: int = 0
+    preload: bool = False
 
     # Buffers between the loop and the app threads (bytes). These bound memory per connection.
     write_buffer_high: int = 256 * 1024

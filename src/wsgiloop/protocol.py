@@ -314,7 +314,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _end_exchange(self) -> None:
         """The response is complete (or aborted): free the pool slot, go on or close."""
-        self.state.pool.done()
+        state = self.state
+        state.pool.done()
+        state.requests += 1
         transport = self.transport
         assert transport is not None
         conn = self.conn

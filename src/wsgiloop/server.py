@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
+import logging
 import os
 import signal
 import socket
@@ -41,6 +43,7 @@ class ServerState:
         "loop",
         "pool",
         "proxy_trust",
+        "requests",
         "stopping",
         "url_scheme",
     )
@@ -52,6 +55,7 @@ class ServerState:
         self.pool = ThreadPool(config.threads)
         self.connections: set[HttpProtocol] = set()
         self.stopping = False
+        self.requests = 0  # responses completed, for --max-requests
         self.url_scheme = config.url_scheme
         self.proxy_trust: Any = None
         self.apply_proxy_headers: Callable[[dict[str, Any], Any], None] = _no_proxy
@@ -111,13 +115,22 @@ def open_sockets(config: Config) -> list[socket.socket]:
 class Server:
     """One worker process's server."""
 
-    def __init__(self, app: WSGIApp, config: Config) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        config: Config,
+        heartbeat: Callable[[], None] | None = None,
+        max_requests: int = 0,
+    ) -> None:
         self.app = app
         self.config = config
         self.state: ServerState | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._stop: asyncio.Event | None = None
         self.started = False
+        self.heartbeat = heartbeat  # called each tick: the supervisor's liveness signal
+        self.max_requests = max_requests
+        self.parent_pid = os.getppid()
 
     async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
         """Serve until ``stop()``; then shut down gracefully."""
@@ -132,8 +145,11 @@ class Server:
                 lambda: HttpProtocol(state), sock=sock, backlog=config.backlog
             )
             self._servers.append(server)
-        for sock in sockets:
-            error_log.info("Listening at: %s (%d)", describe(sock, state.url_scheme), os.getpid())
+        if self.heartbeat is None:  # under the supervisor, it has said where it listens
+            for sock in sockets:
+                error_log.info(
+                    "Listening at: %s (%d)", describe(sock, state.url_scheme), os.getpid()
+                )
         self.started = True
         ticker = loop.create_task(self._tick())
         try:
@@ -156,8 +172,18 @@ class Server:
         assert state is not None
         loop = asyncio.get_running_loop()
         last_second = int(time.time())
+        heartbeat = self.heartbeat
         while True:
             await asyncio.sleep(TICK)
+            if heartbeat is not None:
+                heartbeat()
+                if os.getppid() != self.parent_pid:
+                    error_log.warning("Supervisor is gone: shutting down")
+                    self.stop()
+            if self.max_requests and state.requests >= self.max_requests:
+                error_log.info("Served %d requests: recycling this worker", state.requests)
+                self.max_requests = 0
+                self.stop()
             now = int(time.time())
             if now != last_second:
                 last_second = now
@@ -194,29 +220,70 @@ class Server:
         state.pool.shutdown(timeout=1.0)
 
 
-def run(app: WSGIApp, config: Config) -> int:
-    """Run one worker in this process until SIGINT/SIGTERM; return the exit status."""
+def run(
+    app: WSGIApp,
+    config: Config,
+    sockets: Sequence[socket.socket] | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    max_requests: int = 0,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Run one worker in this process until SIGINT/SIGTERM (graceful) or SIGQUIT (fast).
+
+    Standalone (``--workers 1``) it opens its own sockets and tells systemd when it is ready;
+    under the supervisor it gets the shared ``sockets`` and a ``heartbeat``.
+    """
     config.validate()
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
-    server = Server(app, config)
-    error_log.info("Starting wsgiloop %s", __version__)
+    server = Server(app, config, heartbeat=heartbeat, max_requests=max_requests)
+    if heartbeat is None:
+        error_log.info("Starting wsgiloop %s", __version__)
     error_log.info(
-        "Using %s event loop, %d threads", type(loop).__module__.split(".")[0], config.threads
+        "Using %s event loop, %d threads",
+        type(loop).__module__.split(".")[0],
+        config.threads,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, server, sig)
+    loop.add_signal_handler(signal.SIGQUIT, _on_quit)
+    if heartbeat is None and on_ready is None:
+        from . import systemd
+
+        on_ready = functools.partial(systemd.notify, "READY=1\nSTATUS=serving")
+    if on_ready is not None:
+        loop.call_soon(_when_started, server, on_ready)
     try:
-        loop.run_until_complete(server.serve())
+        loop.run_until_complete(server.serve(sockets))
     finally:
+        if heartbeat is None:
+            from . import systemd
+
+            systemd.notify("STOPPING=1")
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
         asyncio.set_event_loop(None)
         loop.close()
-    error_log.info("Shutdown complete")
+    error_log.info("Shutdown complete" if heartbeat is None else "Worker exiting (pid: %d)", *(
+        () if heartbeat is None else (os.getpid(),)
+    ))
     return 0
+
+
+def _when_started(server: Server, on_ready: Callable[[], None]) -> None:
+    if server.started:
+        on_ready()
+    else:
+        asyncio.get_running_loop().call_later(0.01, _when_started, server, on_ready)
 
 
 def _on_signal(server: Server, sig: signal.Signals) -> None:
     error_log.info("Received %s: shutting down gracefully", signal.Signals(sig).name)
     server.stop()
+
+
+def _on_quit() -> None:
+    """SIGQUIT: leave now, as gunicorn users expect of a fast shutdown."""
+    error_log.info("Received SIGQUIT: exiting immediately")
+    logging.shutdown()
+    os._exit(0)

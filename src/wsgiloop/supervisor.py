@@ -1,0 +1,341 @@
+"""``--workers N``: a pre-fork supervisor in gunicorn's manner.
+
+The supervisor opens the listening sockets, forks N workers that share them, and then only
+watches: it replaces a worker that dies (backing off when they die young, so a crashing app does
+not spin the CPU), kills one whose event loop stops beating for ``--timeout`` seconds, and turns
+signals into actions:
+
+=========  ============================================================================
+SIGTERM    graceful shutdown: workers finish in-flight requests (``--graceful-timeout``)
+SIGINT     same as SIGTERM
+SIGQUIT    fast shutdown: workers exit at once
+SIGHUP     reload: start fresh workers (re-importing the app) one at a time, retiring an
+           old one gracefully only after its replacement is serving; no request is dropped
+SIGTTIN    one more worker
+SIGTTOU    one worker fewer
+=========  ============================================================================
+
+The supervisor never runs an event loop or imports the app (unless ``--preload``), so it stays
+small and a broken deploy fails in the workers, where it is logged, not in the process that
+holds the sockets. Heartbeats are monotonic timestamps in an anonymous shared mapping: one
+8-byte slot per worker, no files, no pipes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import random
+import select
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config
+from .logs import error_log, set_pid
+
+WORKER_BOOT_ERROR = 3  # exit status of a worker that could not load the app (as gunicorn)
+MAX_SLOTS = 1024
+_SLOT = struct.Struct("d")
+_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+
+
+@dataclass
+class Worker:
+    pid: int
+    slot: int
+    born: float
+    generation: int
+    ready: bool = False
+    retiring: bool = False
+    killed_at: float = 0.0
+
+
+class Supervisor:
+    """The master process of ``--workers N``."""
+
+    def __init__(self, load_app: Callable[[], Any], config: Config) -> None:
+        self.load_app = load_app
+        self.config = config
+        self.target = config.workers
+        self.workers: dict[int, Worker] = {}
+        self.generation = 0
+        self.beats = mmap.mmap(-1, MAX_SLOTS * _SLOT.size)
+        self.pending: list[int] = []
+        self.failures = 0  # consecutive workers that died young: sets the back-off
+        self.next_spawn = 0.0
+        self.stopping: str | None = None
+        self.exit_status = 0
+        self.sockets: list[Any] = []
+        self.wake_r, self.wake_w = os.pipe()
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from . import systemd
+        from .server import open_sockets
+        from .sockets import describe
+
+        set_pid(os.getpid())
+        self.sockets = open_sockets(self.config)
+        error_log.info("Starting wsgiloop supervisor (pid: %d)", os.getpid())
+        for sock in self.sockets:
+            error_log.info("Listening at: %s (%d)", describe(sock, self.config.url_scheme),
+                           os.getpid())
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in _SIGNALS:
+            signal.signal(sig, self._on_signal)
+        notified = False
+        try:
+            while True:
+                self._handle_signals()
+                self._reap()
+                if self.stopping is not None:
+                    if not self.workers:
+                        break
+                    self._enforce_stop_deadline()
+                else:
+                    self._maintain()
+                    self._check_heartbeats()
+                    if not notified and sum(w.ready for w in self.workers.values()) >= self.target:
+                        notified = True
+                        systemd.notify("READY=1\nSTATUS=serving")
+                        error_log.info("All %d workers are serving", self.target)
+                self._sleep(0.1)
+        finally:
+            systemd.notify("STOPPING=1")
+            for sock in self.sockets:
+                sock.close()
+        error_log.info("Shutdown complete")
+        return self.exit_status
+
+    def _sleep(self, timeout: float) -> None:
+        with contextlib.suppress(InterruptedError):
+            ready, _, _ = select.select([self.wake_r], [], [], timeout)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 4096)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.pending.append(signum)
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _handle_signals(self) -> None:
+        while self.pending:
+            sig = self.pending.pop(0)
+            if sig == signal.SIGCHLD:
+                continue  # _reap runs every turn anyway
+            name = signal.Signals(sig).name
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self._begin_stop("graceful", name)
+            elif sig == signal.SIGQUIT:
+                self._begin_stop("fast", name)
+            elif self.stopping is not None:
+                continue
+            elif sig == signal.SIGHUP:
+                error_log.info("Received SIGHUP: reloading workers")
+                self.generation += 1
+            elif sig == signal.SIGTTIN:
+                self.target += 1
+                error_log.info("Received SIGTTIN: workers %d", self.target)
+            elif sig == signal.SIGTTOU:
+                if self.target > 1:
+                    self.target -= 1
+                error_log.info("Received SIGTTOU: workers %d", self.target)
+
+    def _begin_stop(self, mode: str, name: str) -> None:
+        if self.stopping == "fast" or self.stopping == mode:
+            return
+        error_log.info("Received %s: %s shutdown", name, mode)
+        self.stopping = mode
+        self.stop_deadline = time.monotonic() + (
+            self.config.graceful_timeout + 5 if mode == "graceful" else 5
+        )
+        from . import systemd
+
+        systemd.notify("STOPPING=1")
+        sig = signal.SIGTERM if mode == "graceful" else signal.SIGQUIT
+        for worker in self.workers.values():
+            self._kill(worker.pid, sig)
+
+    def _enforce_stop_deadline(self) -> None:
+        if time.monotonic() > self.stop_deadline:
+            for worker in self.workers.values():
+                error_log.warning("Worker %d did not stop in time: killing it", worker.pid)
+                self._kill(worker.pid, signal.SIGKILL)
+            self.stop_deadline = time.monotonic() + 5
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        """Converge on ``target`` workers of the current generation, one step per turn."""
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if not worker.ready and _SLOT.unpack_from(self.beats, worker.slot * 8)[0] > 0:
+                worker.ready = True
+        current = [w for w in self.workers.values() if not w.retiring]
+        fresh = [w for w in current if w.generation == self.generation]
+        stale = [w for w in current if w.generation != self.generation]
+        if stale:
+            # Reload: one new worker at a time, and an old one retires only once the new one
+            # serves, so capacity never drops below the target.
+            starting = [w for w in fresh if not w.ready]
+            if starting:
+                return
+            if len(fresh) + len(stale) > self.target or len(fresh) >= self.target:
+                self._retire(stale[0])
+            elif now >= self.next_spawn:
+                self._spawn()
+            return
+        if len(current) < self.target and now >= self.next_spawn:
+            self._spawn()
+        elif len(current) > self.target:
+            self._retire(max(current, key=lambda w: w.born))
+
+    def _retire(self, worker: Worker) -> None:
+        worker.retiring = True
+        error_log.info("Retiring worker %d", worker.pid)
+        self._kill(worker.pid, signal.SIGTERM)
+
+    def _free_slot(self) -> int:
+        used = {w.slot for w in self.workers.values()}
+        for slot in range(MAX_SLOTS):
+            if slot not in used:
+                return slot
+        raise RuntimeError("too many workers")
+
+    def _spawn(self) -> None:
+        slot = self._free_slot()
+        _SLOT.pack_into(self.beats, slot * 8, 0.0)
+        pid = os.fork()
+        if pid:
+            self.workers[pid] = Worker(pid, slot, time.monotonic(), self.generation)
+            error_log.info("Booting worker with pid: %d", pid)
+            return
+        # -- in the child ---------------------------------------------------------------------
+        status = 1
+        try:
+            status = self._worker_main(slot)
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            error_log.exception("Worker crashed")
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(status)
+
+    def _worker_main(self, slot: int) -> int:
+        from .server import run
+
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        set_pid(os.getpid())
+        random.seed()
+        try:
+            app = self.load_app()
+        except Exception:
+            error_log.exception("Worker failed to boot: could not load the app")
+            return WORKER_BOOT_ERROR
+        beats = self.beats
+        offset = slot * 8
+        pack = _SLOT.pack_into
+        clock = time.monotonic
+
+        def heartbeat() -> None:
+            pack(beats, offset, clock())
+
+        config = self.config
+        max_requests = config.max_requests
+        if max_requests and config.max_requests_jitter:
+            max_requests += random.randint(0, config.max_requests_jitter)
+        return run(
+            app,
+            config,
+            sockets=self.sockets,
+            heartbeat=heartbeat,
+            max_requests=max_requests,
+            on_ready=heartbeat,
+        )
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if code == WORKER_BOOT_ERROR and not worker.ready:
+                error_log.error("Worker %d failed to boot: stopping", pid)
+                self.exit_status = WORKER_BOOT_ERROR
+                self._begin_stop("graceful", "boot failure")
+                continue
+            expected = worker.retiring or self.stopping is not None
+            if not expected:
+                how = f"signal {-code}" if code < 0 else f"exit status {code}"
+                if code == 0:
+                    error_log.info("Worker %d exited (%s); replacing it", pid, how)
+                else:
+                    error_log.error("Worker %d died (%s); replacing it", pid, how)
+                lived = time.monotonic() - worker.born
+                if code != 0 and lived < 5:
+                    self.failures += 1
+                    delay = min(30.0, 0.1 * 2 ** self.failures)
+                    error_log.warning("Workers die young: next start in %.1fs", delay)
+                    self.next_spawn = time.monotonic() + delay
+                else:
+                    self.failures = 0
+
+    def _check_heartbeats(self) -> None:
+        timeout = self.config.timeout
+        if not timeout:
+            return
+        now = time.monotonic()
+        for worker in self.workers.values():
+            beat = _SLOT.unpack_from(self.beats, worker.slot * 8)[0]
+            last = beat if beat > 0 else worker.born
+            if now - last > timeout and not worker.killed_at:
+                error_log.critical("WORKER TIMEOUT (pid: %d): killing it", worker.pid)
+                worker.killed_at = now
+                self._kill(worker.pid, signal.SIGKILL)
+
+    @staticmethod
+    def _kill(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+
+def run_supervisor(load_app: Callable[[], Any], config: Config) -> int:
+    """Run ``config.workers`` workers under a supervisor until told to stop."""
+    if config.preload:
+        app = load_app()
+        return Supervisor(lambda: app, config).run()
+    return Supervisor(load_app, config).run()

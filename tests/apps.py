@@ -1,0 +1,57 @@
+"""WSGI apps that tests serve, importable by spawned server processes too (tests/ on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+StartResponse = Callable[..., Any]
+
+
+def hello(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    body = b"Hello, world!"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def echo(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Answers with the whole request body."""
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def digest(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Reads the body in 4 KiB pieces and answers its length and SHA-256 (memory stays small)."""
+    stream = environ["wsgi.input"]
+    h = hashlib.sha256()
+    total = 0
+    while True:
+        block = stream.read(4096)
+        if not block:
+            break
+        h.update(block)
+        total += len(block)
+    body = f"{total} {h.hexdigest()}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def factory(greeting: str = "factory") -> Callable[..., Iterable[bytes]]:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [greeting.encode()]
+
+    return app
+
+
+def slow(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Sleeps for ?seconds (default 1) before answering."""
+    import time
+    from urllib.parse import parse_qs
+
+    seconds = float(parse_qs(environ["QUERY_STRING"]).get("seconds", ["1"])[0])
+    time.sleep(seconds)
+    start_response("200 OK", [("Content-Length", "4")])
+    return [b"done"]
