@@ -55,3 +55,12 @@ def slow(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
     time.sleep(seconds)
     start_response("200 OK", [("Content-Length", "4")])
     return [b"done"]
+
+
+def pid(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Answers with the worker's pid (to see which process served a request)."""
+    import os
+
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]

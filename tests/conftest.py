@@ -68,7 +68,11 @@ class Running:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[http.client.HTTPResponse, bytes]:
         conn = self.http()
         try:

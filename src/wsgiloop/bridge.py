@@ -10,7 +10,8 @@ Response (app thread → loop)
     hop. The thread blocks when the transport is paused (its write buffer rose past the high
     watermark: ``pause_writing``) until ``resume_writing`` (it fell below the low watermark), or
     when the batch not yet taken by the loop itself exceeds the high watermark. So per connection
-    at most ~2 × high watermark bytes of response are in memory, whatever the client's speed.
+    about twice the high watermark of response bytes are in memory at most, whatever the
+    client's speed.
 
 Request body (loop → app thread)
     The loop feeds body bytes into a buffer bounded by ``limit``; when it is full the protocol

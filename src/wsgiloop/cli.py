@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("concurrency")
     g.add_argument("--threads", type=int, default=d.threads,
-                   help=f"app threads per worker (default min(32, 2*cores+4) = {default_threads()})")
+                   help=f"app threads per worker (min(32, 2*cores+4) = {default_threads()} here)")
     g.add_argument("-w", "--workers", type=int, default=d.workers, help="worker processes")
     g.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default=d.loop,
                    help="event loop; auto is uvloop when installed")

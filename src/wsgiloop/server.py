@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import functools
 import logging
 import os
 import signal
@@ -68,7 +67,7 @@ class ServerState:
         self.refresh_headers()
 
     def refresh_headers(self) -> None:
-        """Rebuild the Server/Date headers (the list is replaced, never mutated: threads read it)."""
+        """Rebuild the Server/Date headers (replaced, never mutated: app threads read it)."""
         headers = []
         if self.config.server_header:
             headers.append((b"Server", b"wsgiloop"))
@@ -160,7 +159,7 @@ class Server:
 
     @property
     def sockets(self) -> list[socket.socket]:
-        return [s for server in self._servers for s in server.sockets]  # type: ignore[misc]
+        return [s for server in self._servers for s in server.sockets]  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         """Begin a graceful shutdown (call on the loop, or via ``call_soon_threadsafe``)."""
@@ -250,7 +249,9 @@ def run(
     if heartbeat is None and on_ready is None:
         from . import systemd
 
-        on_ready = functools.partial(systemd.notify, "READY=1\nSTATUS=serving")
+        def on_ready() -> None:
+            systemd.notify("READY=1\nSTATUS=serving")
+
     if on_ready is not None:
         loop.call_soon(_when_started, server, on_ready)
     try:
