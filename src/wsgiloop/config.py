@@ -9,8 +9,9 @@ the same message.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 DEFAULT_BIND = "127.0.0.1:8000"
 LoopName = Literal["auto", "uvloop", "asyncio"]
@@ -76,6 +77,12 @@ class Config:
     body_buffer: int = 256 * 1024
     max_discard: int = 256 * 1024
 
+    # TLS, for setups without a proxy in front.
+    certfile: str | None = None
+    keyfile: str | None = None
+    ca_certs: str | None = None
+    cert_reqs: int = 0  # ssl.VerifyMode: 0 none, 1 optional, 2 required (as gunicorn)
+
     # WSGI environ.
     root_path: str = ""
     url_scheme: str = "http"
@@ -90,6 +97,8 @@ class Config:
     log_level: str = "info"
     access_log: bool = True
     access_log_format: str = DEFAULT_ACCESS_LOG_FORMAT
+    access_log_json: bool = False
+    log_config: str | None = None
 
     def validate(self) -> Config:
         """Raise ``ConfigError`` on the first impossible value; return self for chaining."""
@@ -122,4 +131,105 @@ class Config:
             raise ConfigError("--root-path must start with '/' and not end with '/'")
         if self.url_scheme not in ("http", "https"):
             raise ConfigError("url scheme must be http or https")
+        if self.keyfile and not self.certfile:
+            raise ConfigError("--keyfile needs --certfile")
+        if self.cert_reqs not in (0, 1, 2):
+            raise ConfigError("--cert-reqs must be 0 (none), 1 (optional) or 2 (required)")
         return self
+
+
+# -- layered configuration: defaults < TOML file < WSGILOOP_* environment < command line --------
+
+ENV_PREFIX = "WSGILOOP_"
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a TOML or environment value to the type of ``Config.<name>``."""
+    default = getattr(Config(), name)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if isinstance(default, list):
+        items = value if isinstance(value, list) else [v for v in str(value).split(",")]
+        kind = int if name == "fd" else str
+        try:
+            return [kind(str(v).strip()) for v in items if str(v).strip()]
+        except ValueError:
+            raise ConfigError(f"{name}: expected a list of {kind.__name__}: {value!r}") from None
+    if name == "umask":
+        return value if isinstance(value, int) else int(str(value), 8)
+    try:
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, int):
+            return int(value)
+    except (TypeError, ValueError):
+        expected = type(default).__name__
+        raise ConfigError(f"{name}: expected {expected}, got {value!r}") from None
+    return None if value is None else str(value)
+
+
+def from_toml(path: str) -> dict[str, Any]:
+    """Config values from a TOML file: top-level keys or a ``[wsgiloop]`` table."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: {exc}") from None
+    data = data.get("wsgiloop", data)
+    known = set(field_names())
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"--config {path}: unknown setting {key!r}")
+        values[name] = coerce(name, value)
+    return values
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Config values from ``WSGILOOP_<FIELD>`` variables, e.g. ``WSGILOOP_THREADS=16``."""
+    values: dict[str, Any] = {}
+    for name in field_names():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = coerce(name, raw)
+    return values
+
+
+def render(config: Config) -> str:
+    """The effective configuration as TOML (what ``--check-config`` prints)."""
+    lines = []
+    for name in field_names():
+        value = getattr(config, name)
+        if value is None:
+            lines.append(f"# {name} = (unset)")
+        elif isinstance(value, bool):
+            lines.append(f"{name} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{name} = {value!r}")
+        elif isinstance(value, list):
+            lines.append(f"{name} = [{', '.join(_quote(v) for v in value)}]")
+        else:
+            lines.append(f"{name} = {_quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(value: Any) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -55,7 +56,7 @@ class ServerState:
         self.connections: set[HttpProtocol] = set()
         self.stopping = False
         self.requests = 0  # responses completed, for --max-requests
-        self.url_scheme = config.url_scheme
+        self.url_scheme = "https" if config.certfile else config.url_scheme
         self.proxy_trust: Any = None
         self.apply_proxy_headers: Callable[[dict[str, Any], Any], None] = _no_proxy
         if config.proxy_headers:
@@ -91,6 +92,17 @@ def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """A server-side TLS context from ``--certfile``/``--keyfile``/``--ca-certs``, or None."""
+    if not config.certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=config.ca_certs)
+    context.load_cert_chain(config.certfile, config.keyfile)
+    context.verify_mode = ssl.VerifyMode(config.cert_reqs)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def open_sockets(config: Config) -> list[socket.socket]:
@@ -139,9 +151,10 @@ class Server:
         self._stop = asyncio.Event()
         if sockets is None:
             sockets = open_sockets(config)
+        tls = tls_context(config)
         for sock in sockets:
             server = await loop.create_server(
-                lambda: HttpProtocol(state), sock=sock, backlog=config.backlog
+                lambda: HttpProtocol(state), sock=sock, backlog=config.backlog, ssl=tls
             )
             self._servers.append(server)
         if self.heartbeat is None:  # under the supervisor, it has said where it listens
