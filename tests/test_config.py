@@ -172,4 +172,5 @@ def test_log_config_file_routes_access_lines_to_a_file(spawn, tmp_path):
     server.proc.wait(15)
     lines = access_file.read_text().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("ACCESS 127.0.0.1 - - [") and '"GET /logged HTTP/1.1" 200' in lines[0]
+    assert lines[0].startswith("ACCESS 127.0.0.1 - - [")
+    assert '"GET /logged HTTP/1.1" 200' in lines[0]
