@@ -274,3 +274,24 @@ def spawn() -> Iterator[Callable[..., Process]]:
             p.proc.kill()
         with contextlib.suppress(Exception):
             p.proc.wait(10)
+
+
+# -- CI counts a skip as a failure ---------------------------------------------------------------
+# A developer without nginx or systemd-analyze may skip those tests locally; CI installs them, so
+# there a skip means a check silently did not run, and .ci/run sets WSGILOOP_NO_SKIPS=1.
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped and os.environ.get("WSGILOOP_NO_SKIPS") == "1":
+        sys.stderr.write(
+            "\nWSGILOOP_NO_SKIPS=1: these tests were skipped, which CI counts as failures:\n"
+            + "".join(f"  {nodeid}\n" for nodeid in _skipped)
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
