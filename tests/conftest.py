@@ -14,11 +14,13 @@ import http.client
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,10 +160,49 @@ def recv_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
+class _SocketReader:
+    """Buffered reads with ``recv``; unlike ``makefile`` it does not keep the fd open."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buf += data
+        return bool(data)
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.buf:
+            if not self._fill():
+                break
+        end = self.buf.find(b"\n") + 1 or len(self.buf)
+        line = bytes(self.buf[:end])
+        del self.buf[:end]
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self.buf) < size:
+            if not self._fill():
+                break
+        end = len(self.buf) if size < 0 else min(size, len(self.buf))
+        data = bytes(self.buf[:end])
+        del self.buf[:end]
+        return data
+
+
+_readers: weakref.WeakKeyDictionary[socket.socket, _SocketReader] = weakref.WeakKeyDictionary()
+
+
 def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """Read exactly one response (Content-Length, chunked or close-delimited) from ``sock``."""
+    """Read exactly one response (Content-Length, chunked or close-delimited) from ``sock``.
+
+    Unread bytes are kept per socket, so pipelined responses read one after another are not lost.
+    """
     sock.settimeout(timeout)
-    reader = sock.makefile("rb")
+    reader = _readers.get(sock)
+    if reader is None:
+        reader = _readers[sock] = _SocketReader(sock)
     status_line = reader.readline()
     if not status_line:
         raise ConnectionError("connection closed before a response")
@@ -230,6 +271,7 @@ def spawn_server(*args: str, env: dict[str, str] | None = None, **popen: Any) ->
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), full_env.get("PYTHONPATH", "")])
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "wsgiloop", *args]
+    popen.setdefault("start_new_session", True)  # teardown can kill workers with the group
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=full_env, **popen)
     assert proc.stderr is not None
     log: list[str] = []
@@ -270,8 +312,9 @@ def spawn() -> Iterator[Callable[..., Process]]:
 
     yield _spawn
     for p in procs:
-        if p.proc.poll() is None:
-            p.proc.kill()
+        # The whole process group: a supervisor's workers must not outlive the test.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             p.proc.wait(10)
 

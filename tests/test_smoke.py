@@ -18,6 +18,6 @@ def test_keep_alive_serves_many_requests_on_one_connection(serve):
     sock = server.connect()
     for _ in range(5):
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        status, headers, body = read_response(sock)
+        status, _, body = read_response(sock)
         assert (status, body) == (200, b"Hello, world!")
     sock.close()

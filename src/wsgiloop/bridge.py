@@ -22,6 +22,7 @@ Request body (loop → app thread)
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -114,11 +115,18 @@ class ResponseStream:
                 if self._closed:
                     raise ClientDisconnected("client disconnected")
 
-    def handoff(self) -> None:
+    def handoff(self, sock_fd: int) -> int:
         """Block until the loop has flushed everything and lends this thread the socket.
 
         Used for ``os.sendfile``: the thread then writes to the socket directly, which is safe
         because the loop writes nothing for this connection until the thread queues more.
+
+        Returns a duplicate of ``sock_fd``, which the caller writes to and closes. The loop closes
+        its descriptor when the connection is lost, and the next accepted connection may get the
+        same number: a thread still writing to that number would send this response to another
+        client. The duplicate is taken under the lock while not ``closed``, and the loop closes
+        its descriptor only after ``close()`` here, so it is this connection's socket; and it
+        stays so (writes to it just fail) whatever the loop does meanwhile.
         """
         cond = self._cond
         with cond:
@@ -135,6 +143,7 @@ class ResponseStream:
                 cond.wait()
             if self._closed:
                 raise ClientDisconnected("client disconnected")
+            return os.dup(sock_fd)
 
     # -- loop side ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 from h11 import Request
 
 from . import __version__
+from .filewrapper import FileWrapper
 
 SERVER_SOFTWARE = f"wsgiloop/{__version__}"
 
@@ -72,17 +73,34 @@ def connection_environ(
         "wsgi.multiprocess": multiprocess,
         "wsgi.run_once": False,
         "wsgi.input_terminated": True,
+        # The optional PEP 3333 extension; wsgi recognises the wrapper to use os.sendfile.
+        "wsgi.file_wrapper": FileWrapper,
     }
+
+
+def _authority_end(target: bytes) -> int:
+    """Where the authority of an absolute-form target ends, or -1 for any other form."""
+    if target[:1] == b"/" or not (
+        target[:7].lower() == b"http://" or target[:8].lower() == b"https://"
+    ):
+        return -1  # origin-form; asterisk-form ("OPTIONS *") and the rest are the app's to judge
+    start = target.find(b"//") + 2
+    end = len(target)
+    for sep in b"/?":  # "http://host?q" is valid: the path is empty, the query is not
+        i = target.find(sep, start)
+        if i != -1 and i < end:
+            end = i
+    return end
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """Split a request target into (path, query), accepting the absolute form too."""
-    if target[:1] != b"/":
-        if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-            # absolute-form (RFC 9112 3.2.2): keep only the path and query.
-            slash = target.find(b"/", target.find(b"//") + 2)
-            target = target[slash:] if slash != -1 else b"/"
-        # asterisk-form ("OPTIONS *") and anything else pass through for the app to judge.
+    end = _authority_end(target)
+    if end != -1:
+        # absolute-form (RFC 9112 3.2.2): keep only the path and query.
+        target = target[end:]
+        if target[:1] != b"/":
+            target = b"/" + target
     path, _, query = target.partition(b"?")
     return path, query
 
@@ -123,4 +141,10 @@ def request_environ(
                 text = environ[key] + "," + text
             # CONTENT_LENGTH/CONTENT_TYPE repeated: h11 already rejected conflicting lengths.
         environ[key] = text
+    end = _authority_end(request.target)
+    if end != -1:
+        # RFC 9112 3.2.2: with an absolute-form target the server MUST ignore Host and use the
+        # target's authority, so apps that route or validate by HTTP_HOST see the same host.
+        authority = request.target[request.target.find(b"//") + 2 : end]
+        environ["HTTP_HOST"] = authority.rpartition(b"@")[2].decode("latin-1")
     return environ

@@ -2,9 +2,13 @@
 
 When an app returns ``environ['wsgi.file_wrapper'](f)`` and ``f`` is a regular file, the app
 thread waits for the connection's write buffer to drain and then calls ``os.sendfile`` on the
-socket itself: the kernel copies the file, Python never sees the bytes, and the event loop is not
-involved (uvloop has no ``loop.sendfile``; doing it from the app thread serves both loops). Any
-other file-like object is streamed in blocks through the normal, backpressured write path.
+socket itself (on its own duplicate of the descriptor, see ``ResponseStream.handoff``): the kernel
+copies the file, Python never sees the bytes, and the event loop is not involved (uvloop has no
+``loop.sendfile``; doing it from the app thread serves both loops). Any other file-like object is
+streamed in blocks through the normal, backpressured write path.
+
+With HEAD, or a status that has no body (204, 304), nothing is sent but the head; for HEAD it
+carries the Content-Length that GET would send.
 """
 
 from __future__ import annotations
@@ -62,12 +66,16 @@ def sendfile_all(
     """Send ``count`` bytes with ``os.sendfile`` on a non-blocking socket; return bytes sent.
 
     Waits for writability with ``poll`` in one-second slices so that a connection closed by the
-    loop (client gone, server shutdown) ends the wait promptly: ``gone()`` is checked each slice.
+    loop (client gone, server shutdown) ends the wait promptly: ``gone()`` is checked each slice,
+    and before each write too, because ``sock_fd`` is the thread's own duplicate (see
+    ``ResponseStream.handoff``), which keeps the socket open and writable after the loop let go.
     """
     sent = 0
     poller = select.poll()
     poller.register(sock_fd, select.POLLOUT)
     while sent < count:
+        if gone():
+            raise BrokenPipeError("connection closed during sendfile")
         try:
             n = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
         except BlockingIOError:

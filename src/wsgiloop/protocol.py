@@ -37,6 +37,11 @@ _NEED_DATA = h11.NEED_DATA
 _PAUSED = h11.PAUSED
 _DONE = h11.DONE
 _SEND_BODY = h11.SEND_BODY
+_MUST_CLOSE = h11.MUST_CLOSE
+
+#: Seconds a closing connection keeps reading (and dropping) what the client still sends, so the
+#: close does not turn into a reset that destroys the answer before the client has read it.
+LINGER = 2.0
 
 
 class _Span:
@@ -63,7 +68,9 @@ class HttpProtocol(asyncio.Protocol):
         "discarding",
         "draining",
         "exchange",
+        "fresh",
         "idle",
+        "lingering",
         "loop",
         "reading",
         "state",
@@ -78,10 +85,12 @@ class HttpProtocol(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.deadline = 0.0  # loop.time() after which the connection is timed out; 0: none
         self.idle = True  # no byte of a next request yet
+        self.fresh = True  # no request yet on this connection
         self.reading = True
         self.discarding = False  # response done, dropping the unread rest of the body
         self.discarded = 0
         self.draining = False  # waiting for the write buffer to empty before a sendfile
+        self.lingering = False  # answered and half-closed, dropping input until EOF (_linger)
 
     # -- connection lifetime -----------------------------------------------------------------
 
@@ -91,7 +100,9 @@ class HttpProtocol(asyncio.Protocol):
         config = state.config
         state.connections.add(self)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
-        transport.set_write_buffer_limits(config.write_buffer_high, config.write_buffer_low)
+        self.transport.set_write_buffer_limits(  # type: ignore[union-attr]
+            config.write_buffer_high, config.write_buffer_low
+        )
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.base_environ = connection_environ(
@@ -135,6 +146,8 @@ class HttpProtocol(asyncio.Protocol):
     # -- reading -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # read only so that the close is no reset (see _linger)
         if self.idle:
             self.idle = False
             self.deadline = self.loop.time() + self.state.config.header_timeout
@@ -142,6 +155,8 @@ class HttpProtocol(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool:
+        if self.lingering:
+            return False  # the client read our answer and is done: close
         self.conn.receive_data(b"")
         self._pump()
         # Keep the write side open while a response is still to be sent (half-close).
@@ -168,6 +183,12 @@ class HttpProtocol(asyncio.Protocol):
             if self.exchange is not None and not self.discarding and not body.wants_data():
                 self._pause_reading()  # request-body backpressure: the app reads too slowly
                 return
+            if conn.their_state is _MUST_CLOSE:
+                # The client's last request is in (it asked to close, or is HTTP/1.0): whatever
+                # it sends now is never answered, and h11 would raise on it ("Got data when
+                # expecting EOF"), which would cost the response still in flight.
+                self._pause_reading()
+                return
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -179,7 +200,7 @@ class HttpProtocol(asyncio.Protocol):
                 if self.discarding:
                     self.discarded += len(data)
                     if self.discarded > self.state.config.max_discard:
-                        self._close()
+                        self._linger()
                         return
                 else:
                     body.feed(data)
@@ -209,6 +230,7 @@ class HttpProtocol(asyncio.Protocol):
         config = state.config
         conn = self.conn
         self.deadline = 0.0
+        self.fresh = False
         if request.http_version not in (b"1.1", b"1.0"):
             self._client_error(505, "unsupported HTTP version")
             return
@@ -218,9 +240,24 @@ class HttpProtocol(asyncio.Protocol):
         if len(request.target) > config.limit_request_line:
             self._client_error(414, "request target too long")
             return
-        if len(state.connections) > config.limit_concurrency or state.stopping:
+        size, both_framings = _scan_head(request)
+        if size > config.max_header_bytes:
+            # h11 enforces its limit only on a head still incomplete; one that arrived whole in
+            # a single read (up to 256 KiB on loopback) gets here unchecked.
+            self._client_error(431, "request head too large")
+            return
+        if both_framings:
+            # h11 lets Transfer-Encoding win, but a proxy in front may have framed by
+            # Content-Length: the classic smuggling set-up. RFC 9112 6.3 allows rejecting it
+            # (and demands a close at least), and the app would see a CONTENT_LENGTH that lies.
+            self._client_error(400, "both Transfer-Encoding and Content-Length")
+            return
+        if len(state.connections) > config.limit_concurrency:
             self._client_error(503, "over the connection limit")
             return
+        # While stopping, a request that still arrives (on a connection accepted just before the
+        # listener closed: with pre-fork workers sharing it, that happens on every reload) is
+        # served with "Connection: close" (see wsgi), not refused: the client did nothing wrong.
         has_body = conn.their_state is _SEND_BODY
         self.body.reset(has_body, conn.they_are_waiting_for_100_continue, config.max_body_size)
         environ = request_environ(
@@ -252,7 +289,10 @@ class HttpProtocol(asyncio.Protocol):
         conn = self.conn
         if conn.they_are_waiting_for_100_continue and conn.our_state is h11.SEND_RESPONSE:
             assert self.transport is not None
-            self.transport.write(conn.send(h11.InformationalResponse(status_code=100)))  # type: ignore[arg-type]
+            interim = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            continue_ = conn.send(interim)
+            if continue_:
+                self.transport.write(continue_)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -269,11 +309,16 @@ class HttpProtocol(asyncio.Protocol):
         try:
             out: list[bytes] = []
             if head is not None:
-                out.append(conn.send(head))  # type: ignore[arg-type]
+                if conn.they_are_waiting_for_100_continue:
+                    # A final answer without a 100: the client may never send the body it holds
+                    # back, so where a next request would start is unknown. h11 then adds
+                    # "Connection: close" and ends in MUST_CLOSE (RFC 9110 10.1.1).
+                    conn._cstate.process_keep_alive_disabled()
+                out.append(conn.send(head))
             for chunk in chunks:
-                out += conn.send_with_data_passthrough(_Data(data=chunk))  # type: ignore[operator]
+                out += conn.send_with_data_passthrough(_Data(data=chunk)) or ()
             if end:
-                out.append(conn.send(_EndOfMessage()))  # type: ignore[arg-type]
+                out.append(conn.send(_EndOfMessage()))
         except h11.LocalProtocolError as exc:
             # e.g. the app declared a Content-Length and sent less: the framing is broken.
             error_log.error("Aborting a response that does not match its framing: %s", exc)
@@ -326,12 +371,7 @@ class HttpProtocol(asyncio.Protocol):
         ours, theirs = conn.our_state, conn.their_state
         if ours is _DONE and theirs is _DONE and not self.state.stopping:
             self._start_next_cycle()
-        elif (
-            ours is _DONE
-            and theirs is _SEND_BODY
-            and not conn.they_are_waiting_for_100_continue
-            and not self.state.stopping
-        ):
+        elif ours is _DONE and theirs is _SEND_BODY and not self.state.stopping:
             # The app did not read the whole body: drop the rest (bounded) to reach the next
             # request, rather than closing a keep-alive connection over a small leftover.
             self.body.close()
@@ -340,6 +380,8 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = self.loop.time() + self.state.config.header_timeout
             self._resume_reading()
             self._pump()
+        elif theirs is _SEND_BODY:
+            self._linger()  # the client may still be sending the body (a 413, say)
         else:
             self.exchange = None
             self._close()
@@ -373,12 +415,34 @@ class HttpProtocol(asyncio.Protocol):
             body = f"{status} {phrase}\n".encode()
             out: list[bytes] = []
             try:
-                out.append(conn.send(error_head(status, body, self.state.default_headers)))  # type: ignore[arg-type]
-                out.append(conn.send(_Data(data=body)))  # type: ignore[arg-type]
+                out.append(conn.send(error_head(status, body, self.state.default_headers)))
+                out.append(conn.send(_Data(data=body)))
             except h11.LocalProtocolError:
                 pass  # a HEAD request: no body allowed
             transport.writelines(out)
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close once the client has had the chance to read what was sent (nginx's lingering close).
+
+        Closing a socket whose input is unread makes the kernel answer with a reset, and a reset
+        destroys whatever the client has not read yet: a client still uploading the body would
+        never see its 413, or the response before a discard overflow. So shut down only our
+        side (the client sees EOF right after the response) and drop its input until its own
+        EOF, for at most ``LINGER`` seconds. Only once the response is complete: nothing may be
+        written after ``write_eof``.
+        """
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing() or not transport.can_write_eof():  # TLS cannot half-close
+            self._close()
+            return
+        self.exchange = None  # any response is complete and its pool slot freed
+        self.discarding = False
+        self.lingering = True
+        transport.write_eof()
+        self.deadline = self.loop.time() + LINGER
+        self._resume_reading()
 
     def _close(self) -> None:
         self.deadline = 0.0
@@ -387,8 +451,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_deadline(self) -> None:
         """Called by the server's ticker once ``deadline`` has passed."""
-        if self.discarding:
-            self._close()  # the client stalls in a body nobody wants
+        if self.lingering or self.discarding:
+            self._close()  # the client stalls in a body nobody wants, or lingered long enough
         elif self.exchange is not None:
             return
         elif self.idle:
@@ -397,9 +461,34 @@ class HttpProtocol(asyncio.Protocol):
             self._client_error(408, "timed out reading the request head")
 
     def shutdown(self) -> None:
-        """Graceful stop: close now if idle; otherwise after the current response."""
-        if self.exchange is None:
-            self._close()
+        """Graceful stop: close now if idle; otherwise after the current response.
+
+        The server calls this repeatedly while it drains. A connection without a first request
+        yet gets up to ``LINGER`` seconds more: it was accepted before the listener closed, so
+        its request is most likely on the way, and closing would drop it unanswered.
+        """
+        if self.exchange is not None:
+            return
+        if self.fresh and self.deadline:
+            now = self.loop.time()
+            self.deadline = min(self.deadline, now + LINGER)
+            if now < self.deadline:
+                return
+        self._close()
+
+
+def _scan_head(request: h11.Request) -> tuple[int, bool]:
+    """The head's size as sent (give or take optional whitespace), and whether it has both
+    Transfer-Encoding and Content-Length."""
+    size = len(request.method) + len(request.target) + 14  # " HTTP/1.1\r\n" and the blank line
+    te = cl = False
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4  # ": " and "\r\n"
+        if name == b"transfer-encoding":
+            te = True
+        elif name == b"content-length":
+            cl = True
+    return size, te and cl
 
 
 def _wants_keep_alive(request: h11.Request) -> bool:

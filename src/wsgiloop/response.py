@@ -8,6 +8,7 @@ the wire.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +17,7 @@ import h11
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 _DIGITS = frozenset("0123456789")
+_STATUSES = frozenset(s.value for s in HTTPStatus)
 
 
 class Response:
@@ -67,8 +69,10 @@ class Response:
             raise RuntimeError("the application returned without calling start_response()")
         headers = self.headers
         if self.extra_headers:
+            # Compare lowercased on both sides: the server's names are title-case (b"Server"),
+            # the app's any case, and an app's own Date/Server/Connection must win, not repeat.
             present = {name.lower() for name, _ in headers}
-            headers = headers + [h for h in self.extra_headers if h[0] not in present]
+            headers = headers + [h for h in self.extra_headers if h[0].lower() not in present]
         return h11.Response(status_code=self.status_code, headers=headers, reason=self.reason)
 
 
@@ -117,4 +121,6 @@ def error_head(
     if close:
         headers.append((b"Connection", b"close"))
     headers += extra_headers
-    return h11.Response(status_code=status_code, headers=headers)
+    # h11 sends an empty reason phrase unless given one; logs and old clients expect the usual.
+    reason = HTTPStatus(status_code).phrase.encode() if status_code in _STATUSES else b""
+    return h11.Response(status_code=status_code, headers=headers, reason=reason)

@@ -203,7 +203,12 @@ class Server:
             clock = loop.time()
             for proto in list(state.connections):
                 if proto.deadline and clock >= proto.deadline:
-                    proto.on_deadline()
+                    try:
+                        proto.on_deadline()
+                    except Exception:  # one connection's bug must not stop every timeout
+                        error_log.exception("Error timing out a connection")
+                        if proto.transport is not None:
+                            proto.transport.abort()
 
     async def _shutdown(self) -> None:
         state = self.state
@@ -211,13 +216,16 @@ class Server:
         state.stopping = True
         for server in self._servers:
             server.close()
-        for proto in list(state.connections):
-            proto.shutdown()
+        # Connections accepted just before the close have their connection_made queued on the
+        # loop: let those callbacks run so the drain below sees (and serves) them.
+        for _ in range(3):
+            await asyncio.sleep(0)
         deadline = time.monotonic() + self.config.graceful_timeout
-        while state.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            for proto in list(state.connections):
-                proto.shutdown()  # those that finished their response meanwhile
+        await self._drain(deadline)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), max(0.0, deadline - time.monotonic()))
+        await self._drain(deadline)  # anything that arrived while the listeners closed
         if state.connections:
             error_log.warning(
                 "Graceful timeout: aborting %d connection(s)", len(state.connections)
@@ -226,10 +234,18 @@ class Server:
                 if proto.transport is not None:
                     proto.transport.abort()
             await asyncio.sleep(0)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
         state.pool.shutdown(timeout=1.0)
+
+    async def _drain(self, deadline: float) -> None:
+        """Close idle connections and wait for busy ones to finish, until ``deadline``."""
+        state = self.state
+        assert state is not None
+        while True:
+            for proto in list(state.connections):
+                proto.shutdown()  # idle ones close now, busy ones after their response
+            if not state.connections or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.05)
 
 
 def run(

@@ -16,6 +16,7 @@ Whatever happens, the iterable's ``close()`` is called, exactly one end or abort
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,10 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _INTERNAL_ERROR = b"500 Internal Server Error\n"
 _TOO_LARGE = b"413 Content Too Large\n"
 
+#: Statuses that never have content (RFC 9110 6.4.1). h11 refuses any, which would abort the
+#: connection over, say, a 304 that carries the body of the 200 it replaces: drop it instead.
+_BODILESS = frozenset((204, 304))
+
 
 class Exchange:
     """One request/response, handed from the loop to a pool thread."""
@@ -40,6 +45,7 @@ class Exchange:
     __slots__ = (
         "environ",
         "head_only",
+        "overflowed",
         "protocol",
         "response",
         "sent",
@@ -60,6 +66,7 @@ class Exchange:
         self.response = Response(extra_headers)
         self.head_only = head_only
         self.sent = 0  # body bytes handed to the loop
+        self.overflowed = False  # the app went past its Content-Length: stop iterating
         self.started = time.monotonic()
 
     # -- what the app calls ------------------------------------------------------------------
@@ -87,6 +94,8 @@ class Exchange:
                 response.extra_headers = [*response.extra_headers, (b"Connection", b"close")]
             head = response.head()
             response.headers_sent = True
+            if response.status_code in _BODILESS:
+                self.head_only = True  # from here on, the body is dropped as for HEAD
         if self.head_only:
             chunks = []
         else:
@@ -98,13 +107,20 @@ class Exchange:
         self.stream.send(head, chunks, end=end)
 
     def _clip(self, chunks: list[bytes], length: int) -> list[bytes]:
-        """Drop what goes past the declared Content-Length (as gunicorn does), once logged."""
+        """Drop what goes past the declared Content-Length (as gunicorn does), once logged.
+
+        Sets ``overflowed`` so that ``run`` stops iterating: every further block would be dropped
+        too, and an endless generator would otherwise spin its pool thread forever.
+        """
         room = length - self.sent
         total = 0
         for chunk in chunks:
             total += len(chunk)
         if total <= room:
             return chunks
+        if self.overflowed:
+            return []
+        self.overflowed = True
         error_log.warning(
             "%s %s: the app sent more than its Content-Length of %d; the excess was dropped",
             self.environ["REQUEST_METHOD"],
@@ -120,14 +136,18 @@ class Exchange:
         return clipped
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
-        """Try the ``os.sendfile`` path; False means the caller should iterate instead."""
+        """Try the ``os.sendfile`` path; False means the caller should iterate instead.
+
+        For HEAD this only adds the Content-Length a GET would get (and True: the caller ends the
+        response with the head alone), so HEAD and GET of the same file have the same headers.
+        """
         span = wrapper.sendfile_span()
         sock = self.protocol.socket_fd
-        if span is None or sock is None or self.head_only:
+        if span is None or sock is None:
             return False
         file_fd, offset, available = span
         response = self.response
-        if response.headers_sent or not response.status:
+        if response.headers_sent or not response.status or response.status_code in _BODILESS:
             return False
         count = available
         if response.content_length is None:
@@ -135,12 +155,19 @@ class Exchange:
             response.content_length = available
         else:
             count = min(available, response.content_length)
+        if self.head_only:
+            return True
         self.stream.send(response.head(), None)
         response.headers_sent = True
-        self.stream.handoff()
-        self.protocol.account_passthrough(count)
         stream = self.stream
-        sent = sendfile_all(sock, file_fd, offset, count, lambda: stream.closed)
+        own_fd = stream.handoff(sock)  # a private duplicate: see ResponseStream.handoff
+        try:
+            self.protocol.account_passthrough(count)
+            sent = sendfile_all(own_fd, file_fd, offset, count, lambda: stream.closed)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ClientDisconnected("client disconnected during sendfile") from exc
+        finally:
+            os.close(own_fd)
         self.sent += sent
         if sent < response.content_length:
             raise OSError(f"file ended after {sent} of {response.content_length} bytes")
@@ -166,14 +193,20 @@ class Exchange:
                             chunk = _as_bytes(chunk)
                         if chunk:
                             self._push([chunk], end=False)
-                            if self.head_only:
+                            if self.head_only or self.overflowed:
                                 break  # the head is out; the body would be dropped anyway
                 self._push([], end=True)
             ended = True
         except ClientDisconnected:
-            # The stream refused the send, so no end reached the loop: free the slot below.
+            # Usually the stream refused a send (the loop saw the connection go), and then no
+            # end reached the loop: free the slot below. But sendfile can fail first, or the body
+            # framing broke: then have the loop drop the connection, as it may not notice itself
+            # (it does not read while a pipelined request waits), and free the slot.
             error_log.debug("Client %s disconnected", self.environ.get("REMOTE_ADDR"))
-        except Exception as exc:
+            ended = self._abort()
+        except BaseException as exc:
+            # BaseException too: an app's ``sys.exit()`` must not leave the client waiting
+            # forever on a response nobody will send (the pool thread lives on regardless).
             ended = self._fail(exc)
         finally:
             if result is not None and hasattr(result, "close"):
@@ -193,7 +226,7 @@ class Exchange:
                     time.monotonic() - self.started,
                 )
 
-    def _fail(self, exc: Exception) -> bool:
+    def _fail(self, exc: BaseException) -> bool:
         """Answer an app failure: 500 (or 413) if nothing was sent yet, else abort."""
         environ = self.environ
         response = self.response
@@ -207,16 +240,26 @@ class Exchange:
                 environ.get("RAW_URI", environ["PATH_INFO"]),
                 exc_info=exc,
             )
+        if response.headers_sent:
+            return self._abort()
+        body = _TOO_LARGE if too_large else _INTERNAL_ERROR
+        response.headers_sent = True
+        if too_large:
+            code, response.status = 413, "413 Content Too Large"
+        else:
+            code, response.status = 500, "500 Internal Server Error"
+        head = error_head(code, body, response.extra_headers)
         try:
-            if response.headers_sent:
-                self.stream.send(None, None, abort=True)
-            else:
-                body = _TOO_LARGE if too_large else _INTERNAL_ERROR
-                response.headers_sent = True
-                response.status = "413 Content Too Large" if too_large else "500 Internal Server Error"
-                head = error_head(413 if too_large else 500, body, response.extra_headers)
-                self.stream.send(head, [] if self.head_only else [body], end=True)
-                self.sent = 0 if self.head_only else len(body)
+            self.stream.send(head, [] if self.head_only else [body], end=True)
+        except ClientDisconnected:
+            return False
+        self.sent = 0 if self.head_only else len(body)
+        return True
+
+    def _abort(self) -> bool:
+        """Have the loop drop the connection; False if it is gone already (no abort reached it)."""
+        try:
+            self.stream.send(None, None, abort=True)
         except ClientDisconnected:
             return False
         return True
