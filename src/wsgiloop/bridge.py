@@ -72,7 +72,7 @@ class ResponseStream:
         self._chunks: list[bytes] = []
         self._end = False
         self._abort = False
-        self._handoff = False
+        self._handoff = 0  # bytes a thread will sendfile once granted the socket; 0: none
         self._granted = False
         self._queued = 0
         self._scheduled = False
@@ -115,8 +115,11 @@ class ResponseStream:
                 if self._closed:
                     raise ClientDisconnected("client disconnected")
 
-    def handoff(self, sock_fd: int) -> int:
+    def handoff(self, sock_fd: int, count: int) -> int:
         """Block until the loop has flushed everything and lends this thread the socket.
+
+        ``count`` is how many body bytes the thread will write; the loop books them with h11
+        before granting, so h11's state is only ever touched on the loop.
 
         Used for ``os.sendfile``: the thread then writes to the socket directly, which is safe
         because the loop writes nothing for this connection until the thread queues more.
@@ -132,7 +135,7 @@ class ResponseStream:
         with cond:
             if self._closed:
                 raise ClientDisconnected("client disconnected")
-            self._handoff = True
+            self._handoff = count
             self._granted = False
             wake = not self._scheduled
             self._scheduled = True
@@ -149,14 +152,14 @@ class ResponseStream:
 
     def take(
         self,
-    ) -> tuple[h11.Response | None, list[bytes], bool, bool, bool]:
-        """Hand the pending batch to the loop: (head, chunks, handoff, end, abort)."""
+    ) -> tuple[h11.Response | None, list[bytes], int, bool, bool]:
+        """Hand the pending batch to the loop: (head, chunks, handoff bytes, end, abort)."""
         with self._cond:
             head, chunks, handoff = self._head, self._chunks, self._handoff
             end, abort = self._end, self._abort
             self._head = None
             self._chunks = []
-            self._handoff = False
+            self._handoff = 0
             self._end = self._abort = False
             self._scheduled = False
             if self._queued > self._high:

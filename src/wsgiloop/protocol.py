@@ -317,6 +317,10 @@ class HttpProtocol(asyncio.Protocol):
                 out.append(conn.send(head))
             for chunk in chunks:
                 out += conn.send_with_data_passthrough(_Data(data=chunk)) or ()
+            if handoff:
+                # The app thread will write these bytes itself with os.sendfile: book them
+                # with h11 now, on the loop, as a stand-in of the right length.
+                conn.send_with_data_passthrough(_Data(data=_Span(handoff)))  # type: ignore[arg-type]
             if end:
                 out.append(conn.send(_EndOfMessage()))
         except h11.LocalProtocolError as exc:
@@ -331,14 +335,6 @@ class HttpProtocol(asyncio.Protocol):
             transport.abort()
         if end or abort:
             self._end_exchange()
-
-    def account_passthrough(self, count: int) -> None:
-        """Tell h11 that ``count`` body bytes went out by ``os.sendfile`` (app thread; see wsgi).
-
-        h11's state is only touched on the loop, but here the loop is parked: the app thread
-        holds the socket between ``handoff`` and its next send, and the loop writes nothing.
-        """
-        self.conn.send_with_data_passthrough(_Data(data=_Span(count)))  # type: ignore[arg-type]
 
     def _drain_then_grant(self) -> None:
         transport = self.transport

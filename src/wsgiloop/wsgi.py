@@ -160,9 +160,8 @@ class Exchange:
         self.stream.send(response.head(), None)
         response.headers_sent = True
         stream = self.stream
-        own_fd = stream.handoff(sock)  # a private duplicate: see ResponseStream.handoff
+        own_fd = stream.handoff(sock, count)  # a private duplicate: see ResponseStream.handoff
         try:
-            self.protocol.account_passthrough(count)
             sent = sendfile_all(own_fd, file_fd, offset, count, lambda: stream.closed)
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ClientDisconnected("client disconnected during sendfile") from exc
