@@ -175,3 +175,21 @@ def test_cli_options_map_to_config_fields():
     assert config.access_log is False
     assert config.loop == "asyncio"
     assert config.root_path == "/api"
+
+
+def test_fd_option_serves_on_an_inherited_listening_socket(spawn):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    server = spawn("apps:hello", "--fd", str(fd), pass_fds=[fd])
+    listener.close()  # only the server holds it now
+    assert server.urls == [f"http://127.0.0.1:{port}"]
+    assert get(port) == (200, b"Hello, world!")
+
+
+def test_umask_sets_the_unix_socket_mode(spawn, tmp_path):
+    path = tmp_path / "masked.sock"
+    spawn("apps:hello", "--bind", f"unix:{path}", "--umask", "117")
+    assert oct(path.stat().st_mode & 0o777) == oct(0o660)
