@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-requests-jitter", type=int,
                    help="add up to this many to --max-requests, per worker")
     g.add_argument("-t", "--timeout", type=float,
-                   help=f"kill a worker whose event loop is silent this long ({d.timeout:g}s)")
+                   help=f"503 for a request the app has not answered in this long; kill a "
+                   f"worker whose event loop is silent this long ({d.timeout:g}s; 0: never)")
     g.add_argument("--preload", action="store_true",
                    help="load the app in the supervisor before forking workers")
     g.add_argument("--limit-concurrency", type=int,
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds an idle keep-alive connection stays ({d.keepalive_timeout:g})")
     g.add_argument("--header-timeout", type=float,
                    help=f"seconds to receive a request head; beyond: 408 ({d.header_timeout:g})")
+    g.add_argument("--body-timeout", type=float,
+                   help=f"seconds a request body may stall; then 408 ({d.body_timeout:g})")
+    g.add_argument("--write-timeout", type=float,
+                   help=f"seconds a client may read nothing of a response ({d.write_timeout:g})")
     g.add_argument("--graceful-timeout", type=float,
                    help=f"seconds in-flight requests get at shutdown ({d.graceful_timeout:g})")
     g.add_argument("--write-buffer-high", type=int,

@@ -66,7 +66,11 @@ class Config:
     keepalive_timeout: float = 5.0
     header_timeout: float = 10.0
     graceful_timeout: float = 30.0
-    timeout: float = 30.0  # a worker whose event loop is silent this long is killed; 0: never
+    # A request whose app has not started its response after this long is answered 503 and its
+    # connection closed; a worker whose event loop is silent this long is killed. 0: never.
+    timeout: float = 30.0
+    body_timeout: float = 30.0  # a request body that stalls this long: 408 (or abort) and close
+    write_timeout: float = 60.0  # a client that reads nothing of the response this long: abort
     max_requests: int = 0  # recycle a worker after this many requests; 0: never
     max_requests_jitter: int = 0
     preload: bool = False
@@ -120,7 +124,14 @@ class Config:
             raise ConfigError("--write-buffer-low must be between 0 and --write-buffer-high")
         if self.max_body_size < 0 or self.max_discard < 0:
             raise ConfigError("--max-body-size and --max-discard must not be negative")
-        for name in ("keepalive_timeout", "header_timeout", "graceful_timeout", "timeout"):
+        for name in (
+            "keepalive_timeout",
+            "header_timeout",
+            "graceful_timeout",
+            "timeout",
+            "body_timeout",
+            "write_timeout",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
         if self.loop not in ("auto", "uvloop", "asyncio"):

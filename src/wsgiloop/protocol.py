@@ -60,8 +60,10 @@ class HttpProtocol(asyncio.Protocol):
     """One HTTP/1.1 connection."""
 
     __slots__ = (
+        "app_deadline",
         "base_environ",
         "body",
+        "body_seen",
         "conn",
         "deadline",
         "discarded",
@@ -76,6 +78,7 @@ class HttpProtocol(asyncio.Protocol):
         "state",
         "stream",
         "transport",
+        "write_paused",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -91,6 +94,11 @@ class HttpProtocol(asyncio.Protocol):
         self.discarded = 0
         self.draining = False  # waiting for the write buffer to empty before a sendfile
         self.lingering = False  # answered and half-closed, dropping input until EOF (_linger)
+        # Timeouts of a request in flight (see _arm): when the app must have answered, when body
+        # bytes last arrived, since when the client has not been reading (0: not paused).
+        self.app_deadline = 0.0
+        self.body_seen = 0.0
+        self.write_paused = 0.0
 
     # -- connection lifetime -----------------------------------------------------------------
 
@@ -128,11 +136,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.stream.pause()
+        if not self.draining:
+            self.write_paused = self.loop.time()
+            self._arm()
 
     def resume_writing(self) -> None:
         if self.draining:
             self._grant_socket()
         self.stream.resume()
+        if self.write_paused:
+            self.write_paused = 0.0
+            self._arm()
 
     @property
     def socket_fd(self) -> int | None:
@@ -167,6 +181,8 @@ class HttpProtocol(asyncio.Protocol):
             self.reading = False
             assert self.transport is not None
             self.transport.pause_reading()
+            if self.exchange is not None:
+                self._arm()  # a stalled body is now the app's doing, not the client's
 
     def _resume_reading(self) -> None:
         if not self.reading:
@@ -174,6 +190,9 @@ class HttpProtocol(asyncio.Protocol):
             assert self.transport is not None
             if not self.transport.is_closing():
                 self.transport.resume_reading()
+            if self.exchange is not None and not self.lingering:
+                self.body_seen = self.loop.time()
+                self._arm()
 
     def _pump(self) -> None:
         """Pull events from h11 until it needs data or the app must catch up."""
@@ -204,6 +223,8 @@ class HttpProtocol(asyncio.Protocol):
                         return
                 else:
                     body.feed(data)
+                    self.body_seen = self.loop.time()
+                    self._arm()
             elif kind is _Request:
                 self._on_request(event)  # type: ignore[arg-type]
                 if self.exchange is None:  # answered on the loop (an error): connection closing
@@ -213,6 +234,7 @@ class HttpProtocol(asyncio.Protocol):
                     self._start_next_cycle()
                     return
                 body.feed_eof()
+                self._arm()
             elif event is _NEED_DATA:
                 return
             elif event is _PAUSED:
@@ -277,6 +299,10 @@ class HttpProtocol(asyncio.Protocol):
             extra = [*extra, (b"Connection", b"keep-alive")]
         self.exchange = Exchange(self, environ, extra, request.method == b"HEAD")
         state.pool.submit(Exchange.run, self.exchange)
+        now = self.loop.time()
+        self.app_deadline = now + config.timeout if config.timeout else 0.0
+        self.body_seen = now
+        self._arm()
 
     def _resume_body(self) -> None:
         """The app drained the body buffer (called from its thread via the loop)."""
@@ -301,11 +327,15 @@ class HttpProtocol(asyncio.Protocol):
         head, chunks, handoff, end, abort = self.stream.take()
         transport = self.transport
         assert transport is not None
-        if transport.is_closing():
+        if transport.is_closing() or self.exchange is None:
+            # Gone, or given up on (--timeout): the app's output goes nowhere.
             if end or abort:
                 self._end_exchange()
             return
         conn = self.conn
+        if head is not None and self.app_deadline:
+            self.app_deadline = 0.0  # the app answered in time
+            self._arm()
         try:
             out: list[bytes] = []
             if head is not None:
@@ -356,12 +386,12 @@ class HttpProtocol(asyncio.Protocol):
     def _end_exchange(self) -> None:
         """The response is complete (or aborted): free the pool slot, go on or close."""
         state = self.state
-        state.pool.done()
-        state.requests += 1
+        exchange = self.exchange
+        state.job_done(exchange is not None and exchange.timed_out)
         transport = self.transport
         assert transport is not None
         conn = self.conn
-        if transport.is_closing():
+        if transport.is_closing() or (exchange is not None and exchange.timed_out):
             self.exchange = None
             return
         ours, theirs = conn.our_state, conn.their_state
@@ -391,7 +421,78 @@ class HttpProtocol(asyncio.Protocol):
         self._resume_reading()
         self._pump()  # a pipelined request may already be buffered
 
+    def job_done_elsewhere(self, exchange: Exchange) -> None:
+        """The app thread ended without handing an end to the stream (it was closed)."""
+        self.state.job_done(exchange.timed_out)
+        if self.exchange is exchange:
+            self.exchange = None
+
     # -- errors, timeouts, shutdown ----------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Set ``deadline`` for a request in flight: the earliest of its three timeouts.
+
+        - the app must start its response within ``--timeout`` (``app_deadline``);
+        - the client must not stall the body it is sending for ``--body-timeout`` (counted only
+          while we read: when the app reads slowly and reading is paused, nobody is late);
+        - the client must read some of the response within ``--write-timeout`` once the
+          transport has paused the app (``write_paused``).
+        """
+        config = self.state.config
+        deadline = self.app_deadline or float("inf")
+        if self.reading and not self.body.complete and config.body_timeout:
+            deadline = min(deadline, self.body_seen + config.body_timeout)
+        if self.write_paused and config.write_timeout:
+            deadline = min(deadline, self.write_paused + config.write_timeout)
+        self.deadline = 0.0 if deadline == float("inf") else deadline
+
+    def _exchange_timeout(self) -> None:
+        """One of ``_arm``'s deadlines passed while a request is in flight."""
+        exchange = self.exchange
+        assert exchange is not None and self.transport is not None
+        now = self.loop.time()
+        environ = exchange.environ
+        what = f"{environ['REQUEST_METHOD']} {environ.get('RAW_URI', '')}"
+        if self.app_deadline and now >= self.app_deadline:
+            error_log.error(
+                "Request timed out: the app has not answered %s in %gs; its thread is abandoned",
+                what,
+                self.state.config.timeout,
+            )
+            exchange.timed_out = True
+            self.state.hung += 1
+            self._give_up(503)
+        elif self.write_paused and now >= self.write_paused + self.state.config.write_timeout:
+            error_log.info("Client %s stopped reading the response to %s", _peer(self), what)
+            self.stream.close()
+            self.transport.abort()
+        else:
+            error_log.info("Client %s stalled sending the body of %s", _peer(self), what)
+            self._give_up(408)
+
+    def _give_up(self, status: int) -> None:
+        """Abandon the request in flight: the app's output is dropped (its next write or read
+        raises ClientDisconnected); the client gets ``status`` if no response head went out yet,
+        else the connection is aborted."""
+        assert self.transport is not None
+        self.stream.close()
+        self.body.close()
+        self.deadline = 0.0
+        conn = self.conn
+        if conn.our_state is not h11.SEND_RESPONSE:
+            self.transport.abort()
+            return
+        phrase = HTTPStatus(status).phrase
+        body = f"{status} {phrase}\n".encode()
+        try:
+            out = [conn.send(error_head(status, body, self.state.default_headers))]
+            if self.exchange is None or not self.exchange.head_only:
+                out.append(conn.send(_Data(data=body)))
+            self.transport.writelines(out)
+        except h11.LocalProtocolError:
+            pass
+        self._close()
+
 
     def _client_error(self, status: int, detail: str) -> None:
         """Answer a request we will not pass to the app, then close. No traceback: not our bug."""
@@ -400,10 +501,10 @@ class HttpProtocol(asyncio.Protocol):
         peer = self.base_environ["REMOTE_ADDR"] or "unix socket"
         error_log.debug("Invalid request from %s: %s %s", peer, status, detail)
         if self.exchange is not None:
-            # Broken body framing while the app runs: it sees a disconnect on its next read,
-            # and the response it may be writing cannot be trusted to the client any more.
-            self.body.close()
-            self._close()
+            # Broken body framing while the app runs: the app's work is abandoned (it sees a
+            # disconnect on its next read or write); the client gets the error if no response
+            # head went out yet, else an aborted connection.
+            self._give_up(status)
             return
         conn = self.conn
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not transport.is_closing():
@@ -450,7 +551,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.lingering or self.discarding:
             self._close()  # the client stalls in a body nobody wants, or lingered long enough
         elif self.exchange is not None:
-            return
+            self._exchange_timeout()
         elif self.idle:
             self._close()  # keep-alive timeout: nothing was asked, nothing to say
         else:
@@ -471,6 +572,10 @@ class HttpProtocol(asyncio.Protocol):
             if now < self.deadline:
                 return
         self._close()
+
+
+def _peer(proto: HttpProtocol) -> str:
+    return str(proto.base_environ["REMOTE_ADDR"] or "unix socket")
 
 
 def _scan_head(request: h11.Request) -> tuple[int, bool]:

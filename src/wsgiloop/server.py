@@ -40,6 +40,7 @@ class ServerState:
         "config",
         "connections",
         "default_headers",
+        "hung",
         "loop",
         "pool",
         "proxy_trust",
@@ -56,6 +57,7 @@ class ServerState:
         self.connections: set[HttpProtocol] = set()
         self.stopping = False
         self.requests = 0  # responses completed, for --max-requests
+        self.hung = 0  # pool threads still inside an app call that timed out (--timeout)
         self.url_scheme = "https" if config.certfile else config.url_scheme
         self.proxy_trust: Any = None
         self.apply_proxy_headers: Callable[[dict[str, Any], Any], None] = _no_proxy
@@ -66,6 +68,13 @@ class ServerState:
             self.apply_proxy_headers = apply_proxy_headers
         self.default_headers: list[tuple[bytes, bytes]] = []
         self.refresh_headers()
+
+    def job_done(self, timed_out: bool) -> None:
+        """An app call finished its response (on the loop): free its pool slot."""
+        self.pool.done()
+        self.requests += 1
+        if timed_out:
+            self.hung -= 1
 
     def refresh_headers(self) -> None:
         """Rebuild the Server/Date headers (replaced, never mutated: app threads read it)."""
@@ -185,10 +194,17 @@ class Server:
         loop = asyncio.get_running_loop()
         last_second = int(time.time())
         heartbeat = self.heartbeat
+        hung_reported = False
         while True:
             await asyncio.sleep(TICK)
             if heartbeat is not None:
-                heartbeat()
+                if state.hung < state.pool.size:
+                    heartbeat()
+                elif not hung_reported:
+                    # Every thread is stuck in an app call that timed out: stop beating, so the
+                    # supervisor replaces this worker (threads cannot be killed, processes can).
+                    hung_reported = True
+                    error_log.critical("All %d threads are hung in the app", state.pool.size)
                 if os.getppid() != self.parent_pid:
                     error_log.warning("Supervisor is gone: shutting down")
                     self.stop()

@@ -51,6 +51,7 @@ class Exchange:
         "sent",
         "started",
         "stream",
+        "timed_out",
     )
 
     def __init__(
@@ -68,6 +69,7 @@ class Exchange:
         self.sent = 0  # body bytes handed to the loop
         self.overflowed = False  # the app went past its Content-Length: stop iterating
         self.started = time.monotonic()
+        self.timed_out = False  # set on the loop when --timeout gave up on this app call
 
     # -- what the app calls ------------------------------------------------------------------
 
@@ -180,6 +182,10 @@ class Exchange:
         state = protocol.state
         result: Any = None
         ended = False  # an end or abort reached the stream: the loop will free the pool slot
+        if self.stream.closed:
+            # Abandoned while waiting for a thread (client gone, or --timeout): don't run it.
+            protocol.loop.call_soon_threadsafe(protocol.job_done_elsewhere, self)
+            return
         try:
             result = state.app(self.environ, self.start_response)
             if type(result) is list or type(result) is tuple:
@@ -214,7 +220,7 @@ class Exchange:
                 except Exception:
                     error_log.exception("Error closing the response iterable")
             if not ended:
-                protocol.loop.call_soon_threadsafe(protocol.state.pool.done)
+                protocol.loop.call_soon_threadsafe(protocol.job_done_elsewhere, self)
             if access_log.isEnabledFor(logging.INFO):
                 status = self.response.status if self.response.headers_sent else "-"
                 log_access(
