@@ -25,6 +25,7 @@ from .bridge import InputStream, RequestBody, ResponseStream
 from .environ import connection_environ, request_environ
 from .logs import error_log
 from .response import error_head
+from .strict import ChunkedValidator, check_fields, check_head, error_status, head_end
 from .wsgi import Exchange
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ _NEED_DATA = h11.NEED_DATA
 _PAUSED = h11.PAUSED
 _DONE = h11.DONE
 _SEND_BODY = h11.SEND_BODY
+_IDLE = h11.IDLE
 _MUST_CLOSE = h11.MUST_CLOSE
 
 #: Seconds a closing connection keeps reading (and dropping) what the client still sends, so the
@@ -71,6 +73,7 @@ class HttpProtocol(asyncio.Protocol):
         "draining",
         "exchange",
         "fresh",
+        "head",
         "idle",
         "lingering",
         "loop",
@@ -78,6 +81,7 @@ class HttpProtocol(asyncio.Protocol):
         "state",
         "stream",
         "transport",
+        "validator",
         "write_paused",
     )
 
@@ -94,6 +98,10 @@ class HttpProtocol(asyncio.Protocol):
         self.discarded = 0
         self.draining = False  # waiting for the write buffer to empty before a sendfile
         self.lingering = False  # answered and half-closed, dropping input until EOF (_linger)
+        # Strict framing (see strict): the raw bytes of the head being read, and the shadow
+        # validator of a chunked body, fed the same bytes h11 gets.
+        self.head: bytes | bytearray = b""
+        self.validator: ChunkedValidator | None = None
         # Timeouts of a request in flight (see _arm): when the app must have answered, when body
         # bytes last arrived, since when the client has not been reading (0: not paused).
         self.app_deadline = 0.0
@@ -165,7 +173,23 @@ class HttpProtocol(asyncio.Protocol):
         if self.idle:
             self.idle = False
             self.deadline = self.loop.time() + self.state.config.header_timeout
-        self.conn.receive_data(data)
+        conn = self.conn
+        if conn.their_state is _IDLE:
+            head = self.head
+            if not head:
+                self.head = data  # the usual case: the whole head in one read, no copy
+            elif type(head) is bytearray:
+                head += data  # a head dribbling in: amortised appends, not quadratic copies
+            else:
+                self.head = bytearray(head) + data
+        else:
+            validator = self.validator
+            if validator is not None and not validator.done:
+                reason = validator.feed(data)
+                if reason is not None:
+                    self._client_error(400, reason)
+                    return
+        conn.receive_data(data)
         self._pump()
 
     def eof_received(self) -> bool:
@@ -211,7 +235,7 @@ class HttpProtocol(asyncio.Protocol):
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self._client_error(exc.error_status_hint, str(exc))
+                self._client_error(error_status(exc.error_status_hint, self.head), str(exc))
                 return
             kind = type(event)
             if kind is _Data:
@@ -262,17 +286,31 @@ class HttpProtocol(asyncio.Protocol):
         if len(request.target) > config.limit_request_line:
             self._client_error(414, "request target too long")
             return
-        size, both_framings = _scan_head(request)
+        head = self.head
+        self.head = b""
+        reason = check_head(head, len(request.headers))
+        if reason is not None:
+            self._client_error(400, reason)
+            return
+        size, te, cl, host = _scan_head(request)
+        rejection = check_fields(request.http_version, te, cl, host)
+        if rejection is not None:
+            self._client_error(*rejection)
+            return
+        if te:
+            # h11 frames the body as chunked: check each chunk line the way RFC 9112 wants,
+            # starting with the body bytes that came in the same read as the head.
+            self.validator = validator = ChunkedValidator()
+            reason = validator.feed(head, head_end(head))
+            if reason is not None:
+                self._client_error(400, reason)
+                return
+        else:
+            self.validator = None
         if size > config.max_header_bytes:
             # h11 enforces its limit only on a head still incomplete; one that arrived whole in
             # a single read (up to 256 KiB on loopback) gets here unchecked.
             self._client_error(431, "request head too large")
-            return
-        if both_framings:
-            # h11 lets Transfer-Encoding win, but a proxy in front may have framed by
-            # Content-Length: the classic smuggling set-up. RFC 9112 6.3 allows rejecting it
-            # (and demands a close at least), and the app would see a CONTENT_LENGTH that lies.
-            self._client_error(400, "both Transfer-Encoding and Content-Length")
             return
         if len(state.connections) > config.limit_concurrency:
             self._client_error(503, "over the connection limit")
@@ -416,6 +454,8 @@ class HttpProtocol(asyncio.Protocol):
         self.exchange = None
         self.discarding = False
         self.conn.start_next_cycle()
+        # A pipelined request h11 already holds: its head is checked like any other.
+        self.head = self.conn.trailing_data[0]
         self.idle = True
         self.deadline = self.loop.time() + self.state.config.keepalive_timeout
         self._resume_reading()
@@ -578,18 +618,21 @@ def _peer(proto: HttpProtocol) -> str:
     return str(proto.base_environ["REMOTE_ADDR"] or "unix socket")
 
 
-def _scan_head(request: h11.Request) -> tuple[int, bool]:
-    """The head's size as sent (give or take optional whitespace), and whether it has both
-    Transfer-Encoding and Content-Length."""
+def _scan_head(request: h11.Request) -> tuple[int, bool, bool, bytes | None]:
+    """One pass over the fields: the head's size as sent (give or take optional whitespace),
+    whether Transfer-Encoding and Content-Length are present, and the Host value."""
     size = len(request.method) + len(request.target) + 14  # " HTTP/1.1\r\n" and the blank line
     te = cl = False
+    host: bytes | None = None
     for name, value in request.headers:
         size += len(name) + len(value) + 4  # ": " and "\r\n"
         if name == b"transfer-encoding":
             te = True
         elif name == b"content-length":
             cl = True
-    return size, te and cl
+        elif name == b"host":
+            host = value
+    return size, te, cl, host
 
 
 def _wants_keep_alive(request: h11.Request) -> bool:
