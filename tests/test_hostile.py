@@ -308,7 +308,8 @@ def _assert_nothing_leaked(server: Any, tracked: Tracked, threads: int) -> None:
     assert _wait(lambda: tracked.closed == tracked.opened), (tracked.opened, tracked.closed)
     assert _wait(lambda: state.pool.busy == 0 and state.pool.waiting == 0), state.pool.busy
     assert _wait(lambda: not state.connections), len(state.connections)
-    assert _wait(lambda: threading.active_count() == threads), threading.enumerate()
+    # At most as many threads as at rest (other modules' daemon threads may end meanwhile).
+    assert _wait(lambda: threading.active_count() <= threads), threading.enumerate()
     _get_ok(server)
 
 

@@ -115,13 +115,22 @@ def test_malformed_request_after_a_good_one_on_the_same_connection(serve, error_
     assert_no_traceback(error_log)
 
 
-def test_unknown_transfer_coding_gets_501(serve, error_log):
+@pytest.mark.parametrize(
+    ("coding", "expected"),
+    [
+        # chunked not final: the body length is unknown, RFC 9112 6.3 rule 4 demands 400
+        (b"gzip", 400),
+        # chunked final, an unknown coding before it: 501 (RFC 9112 6.1)
+        (b"gzip, chunked", 501),
+    ],
+)
+def test_unsupported_transfer_coding_is_refused(serve, error_log, coding, expected):
     app, calls = counting(echo)
     server = serve(app)
-    request = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabc"
+    request = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: " + coding + b"\r\n\r\nabc"
     status, head, body = error_exchange(server, request)
-    assert status == 501  # RFC 9112 6.1
-    assert_closing_error(head, body, 501)
+    assert status == expected
+    assert_closing_error(head, body, expected)
     assert calls == []
     assert_no_traceback(error_log)
 
