@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import http.client
 import os
+import queue
 import re
 import select
 import signal
@@ -275,30 +276,36 @@ def spawn_server(*args: str, env: dict[str, str] | None = None, **popen: Any) ->
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=full_env, **popen)
     assert proc.stderr is not None
     log: list[str] = []
+    lines: queue.Queue[str | None] = queue.Queue()
+    # A reader thread, so that a server that never prints (or hangs) fails the wait below
+    # instead of blocking it; it keeps draining stderr so the server never blocks on a pipe.
+    threading.Thread(target=_drain, args=(proc, log, lines), daemon=True).start()
     urls: list[str] = []
     expected = max(1, sum(1 for a in args if a in ("--bind", "-b")))
     deadline = time.monotonic() + 20
     while len(urls) < expected:
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("server did not start:\n" + "".join(log))
-        line = proc.stderr.readline().decode()
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line = ""
         if not line:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
-            raise RuntimeError("server exited:\n" + "".join(log))
-        log.append(line)
+            raise RuntimeError("server did not start:\n" + "".join(log))
         match = _LISTEN.search(line)
         if match:
             urls.append(match.group(1))
-    # Keep draining stderr so the server never blocks on a full pipe.
-    threading.Thread(target=_drain, args=(proc, log), daemon=True).start()
     return Process(proc, urls, log)
 
 
-def _drain(proc: subprocess.Popen[bytes], log: list[str]) -> None:
+def _drain(proc: subprocess.Popen[bytes], log: list[str], lines: queue.Queue[str | None]) -> None:
     assert proc.stderr is not None
     for raw in proc.stderr:
-        log.append(raw.decode(errors="replace"))
+        line = raw.decode(errors="replace")
+        log.append(line)
+        lines.put(line)
+    lines.put(None)
 
 
 @pytest.fixture
