@@ -259,6 +259,8 @@ class HttpProtocol(asyncio.Protocol):
                     return
                 body.feed_eof()
                 self._arm()
+                if not _buffered(conn):
+                    return  # the usual case: next_event would only say NEED_DATA
             elif event is _NEED_DATA:
                 return
             elif event is _PAUSED:
@@ -455,11 +457,13 @@ class HttpProtocol(asyncio.Protocol):
         self.discarding = False
         self.conn.start_next_cycle()
         # A pipelined request h11 already holds: its head is checked like any other.
-        self.head = self.conn.trailing_data[0]
+        buffered, closed = self.conn.trailing_data
+        self.head = buffered
         self.idle = True
         self.deadline = self.loop.time() + self.state.config.keepalive_timeout
         self._resume_reading()
-        self._pump()  # a pipelined request may already be buffered
+        if buffered or closed:
+            self._pump()  # a pipelined request (or the client's EOF) is already in
 
     def job_done_elsewhere(self, exchange: Exchange) -> None:
         """The app thread ended without handing an end to the stream (it was closed)."""
@@ -616,6 +620,13 @@ class HttpProtocol(asyncio.Protocol):
 
 def _peer(proto: HttpProtocol) -> str:
     return str(proto.base_environ["REMOTE_ADDR"] or "unix socket")
+
+
+def _buffered(conn: h11.Connection) -> bool:
+    """Whether h11 holds unread bytes or an EOF, i.e. whether ``next_event`` can be more than
+    NEED_DATA (far cheaper to ask than ``next_event`` itself)."""
+    data, closed = conn.trailing_data
+    return closed or bool(data)
 
 
 def _scan_head(request: h11.Request) -> tuple[int, bool, bool, bytes | None]:

@@ -19,6 +19,11 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 _DIGITS = frozenset("0123456789")
 _STATUSES = frozenset(s.value for s in HTTPStatus)
 
+#: App headers + server headers → h11's validated form, for header sets that repeat. Shared by
+#: the pool threads: single dict operations are atomic, and a lost insert only costs a miss.
+_VALIDATED: dict[tuple[tuple[bytes, bytes], ...], Any] = {}
+_VALIDATED_MAX = 256
+
 
 class Response:
     """The response state of one request, driven by the app through ``start_response``."""
@@ -67,13 +72,23 @@ class Response:
         """The h11 event for the status line and headers; raises on what h11 refuses."""
         if not self.status:
             raise RuntimeError("the application returned without calling start_response()")
+        key = (*self.headers, *self.extra_headers)
+        valid = _VALIDATED.get(key)
+        if valid is not None:
+            # The same header set as an earlier response (checked then): skip the merge and
+            # h11's validation, the costliest part of a small response's head.
+            return h11.Response(status_code=self.status_code, headers=valid, reason=self.reason)
         headers = self.headers
         if self.extra_headers:
             # Compare lowercased on both sides: the server's names are title-case (b"Server"),
             # the app's any case, and an app's own Date/Server/Connection must win, not repeat.
             present = {name.lower() for name, _ in headers}
             headers = headers + [h for h in self.extra_headers if h[0].lower() not in present]
-        return h11.Response(status_code=self.status_code, headers=headers, reason=self.reason)
+        event = h11.Response(status_code=self.status_code, headers=headers, reason=self.reason)
+        if len(_VALIDATED) >= _VALIDATED_MAX:
+            _VALIDATED.clear()  # bounded; e.g. the Date header changes every second
+        _VALIDATED[key] = event.headers
+        return event
 
 
 def _parse_status(status: str) -> tuple[int, bytes]:
