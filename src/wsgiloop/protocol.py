@@ -526,16 +526,22 @@ class HttpProtocol(asyncio.Protocol):
         if conn.our_state is not h11.SEND_RESPONSE:
             self.transport.abort()
             return
+        self._write_error(status)
+        self._close()
+
+    def _write_error(self, status: int) -> None:
+        """Send a plain-text ``status`` response that the server answers itself (no app)."""
+        assert self.transport is not None
+        conn = self.conn
         phrase = HTTPStatus(status).phrase
         body = f"{status} {phrase}\n".encode()
+        out: list[bytes] = []
         try:
-            out = [conn.send(error_head(status, body, self.state.default_headers))]
-            if self.exchange is None or not self.exchange.head_only:
-                out.append(conn.send(_Data(data=body)))
-            self.transport.writelines(out)
+            out.append(conn.send(error_head(status, body, self.state.default_headers)))
+            out.append(conn.send(_Data(data=body)))
         except h11.LocalProtocolError:
-            pass
-        self._close()
+            pass  # a HEAD request: no body allowed
+        self.transport.writelines(out)
 
 
     def _client_error(self, status: int, detail: str) -> None:
@@ -552,15 +558,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         conn = self.conn
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not transport.is_closing():
-            phrase = HTTPStatus(status).phrase
-            body = f"{status} {phrase}\n".encode()
-            out: list[bytes] = []
-            try:
-                out.append(conn.send(error_head(status, body, self.state.default_headers)))
-                out.append(conn.send(_Data(data=body)))
-            except h11.LocalProtocolError:
-                pass  # a HEAD request: no body allowed
-            transport.writelines(out)
+            self._write_error(status)
         self._linger()
 
     def _linger(self) -> None:
