@@ -24,6 +24,7 @@ import h11
 from .bridge import InputStream, RequestBody, ResponseStream
 from .environ import connection_environ, request_environ
 from .logs import error_log
+from .proxy import apply_proxy_headers
 from .response import error_head
 from .strict import ChunkedValidator, check_fields, check_head, error_status, head_end
 from .wsgi import Exchange
@@ -330,7 +331,7 @@ class HttpProtocol(asyncio.Protocol):
             self._client_error(413, "request body too large")
             return
         if state.proxy_trust is not None:
-            state.apply_proxy_headers(environ, state.proxy_trust)
+            apply_proxy_headers(environ, state.proxy_trust)
         extra = state.default_headers
         if request.http_version == b"1.0" and _wants_keep_alive(request):
             # h11 never keeps HTTP/1.0 alive; RFC 9112 appendix C.2.2 lets us when asked.

@@ -18,13 +18,13 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from . import __version__
 from .config import DEFAULT_BIND, Config
 from .logs import error_log
 from .pool import ThreadPool
 from .protocol import HttpProtocol
+from .proxy import ProxyTrust
 from .sockets import create_socket, describe, parse_bind, socket_from_fd
 from .wsgi import WSGIApp
 
@@ -36,7 +36,6 @@ class ServerState:
 
     __slots__ = (
         "app",
-        "apply_proxy_headers",
         "config",
         "connections",
         "default_headers",
@@ -59,13 +58,8 @@ class ServerState:
         self.requests = 0  # responses completed, for --max-requests
         self.hung = 0  # pool threads still inside an app call that timed out (--timeout)
         self.url_scheme = "https" if config.certfile else config.url_scheme
-        self.proxy_trust: Any = None
-        self.apply_proxy_headers: Callable[[dict[str, Any], Any], None] = _no_proxy
-        if config.proxy_headers:
-            from .proxy import ProxyTrust, apply_proxy_headers
-
-            self.proxy_trust = ProxyTrust(config.forwarded_allow_ips)
-            self.apply_proxy_headers = apply_proxy_headers
+        #: Whom to believe about X-Forwarded-*/Forwarded; None without --proxy-headers.
+        self.proxy_trust = ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
         self.default_headers: list[tuple[bytes, bytes]] = []
         self.refresh_headers()
 
@@ -84,10 +78,6 @@ class ServerState:
         if self.config.date_header:
             headers.append((b"Date", email.utils.formatdate(usegmt=True).encode()))
         self.default_headers = headers
-
-
-def _no_proxy(environ: dict[str, Any], trust: Any) -> None:
-    return None
 
 
 def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
