@@ -1,4 +1,4 @@
-"""The PEP 3333 environ and ``start_response``: sans-IO units, then what an app sees over a socket.
+"""The PEP 3333 environ: sans-IO units, then what an app sees over a socket.
 """
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import sys
 import threading
-from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -21,7 +20,6 @@ from wsgiloop.environ import (
     split_target,
 )
 from wsgiloop.filewrapper import FileWrapper
-from wsgiloop.response import Response, error_head
 
 # -- split_target / decode_path -----------------------------------------------------------------
 
@@ -249,169 +247,6 @@ def test_connection_environ_on_a_unix_socket(scheme, port):
     )
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("localhost", port)
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("", "")
-
-
-# -- Response (start_response) ------------------------------------------------------------------
-
-SERVER_HEADERS = [(b"Server", b"wsgiloop"), (b"Date", b"Thu, 01 Jan 1970 00:00:00 GMT")]
-
-
-@pytest.mark.parametrize(
-    ("status", "code", "reason"),
-    [
-        ("200 OK", 200, b"OK"),
-        ("404 Not Found", 404, b"Not Found"),
-        ("599 Some Custom Reason", 599, b"Some Custom Reason"),
-        ("204 ", 204, b""),
-        ("418 I'm a teapot", 418, b"I'm a teapot"),
-        ("200 Caf\xe9", 200, b"Caf\xe9"),  # latin-1 reason
-    ],
-)
-def test_response_status_parsing(status, code, reason):
-    r = Response([])
-    r.start_response(status, [])
-    assert (r.status_code, r.reason, r.status) == (code, reason, status)
-    head = r.head()
-    assert (head.status_code, head.reason) == (code, reason)
-
-
-@pytest.mark.parametrize(
-    ("status", "error"),
-    [
-        ("200OK", ValueError),
-        ("OK 200", ValueError),
-        ("20 OK", ValueError),
-        ("2000 OK", ValueError),
-        ("099 Low", ValueError),
-        ("2x0 OK", ValueError),
-        ("", ValueError),
-        ("200 OK\r\nX-Injected: 1", ValueError),
-        ("200 OK\n", ValueError),
-        (b"200 OK", TypeError),
-        (200, TypeError),
-    ],
-)
-def test_response_rejects_bad_status(status, error):
-    r = Response([])
-    with pytest.raises(error):
-        r.start_response(status, [])
-    assert not r.status  # a failed call does not count as the one start_response
-
-
-@pytest.mark.parametrize(
-    ("headers", "error"),
-    [
-        ((("A", "b"),), TypeError),  # a tuple, not a list
-        ([("A", "b", "c")], TypeError),
-        ([["A", "b"]], TypeError),
-        ([(b"A", "b")], TypeError),
-        ([("A", b"b")], TypeError),
-        ([("A", 1)], TypeError),
-        ([("Content-Length", "abc")], ValueError),
-        ([("Content-Length", "-1")], ValueError),
-        ([("X-Euro", "\u20ac")], UnicodeEncodeError),  # not latin-1
-    ],
-)
-def test_response_rejects_bad_headers_in_start_response(headers, error):
-    r = Response([])
-    with pytest.raises(error):
-        r.start_response("200 OK", headers)
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        [("X-A", "line\r\nInjected: yes")],
-        [("X-A", "a\nb")],
-        [("Bad Name", "v")],
-        [("X:A", "v")],
-        [("", "v")],
-    ],
-)
-def test_response_head_rejects_what_h11_refuses(headers):
-    r = Response([])
-    r.start_response("200 OK", headers)
-    with pytest.raises(h11.LocalProtocolError):
-        r.head()
-
-
-def test_response_records_content_length():
-    r = Response([])
-    r.start_response("200 OK", [("content-length", "42"), ("X-A", "b")])
-    assert r.content_length == 42
-    r = Response([])
-    r.start_response("200 OK", [("X-A", "b")])
-    assert r.content_length is None
-
-
-def test_response_adds_server_headers_unless_the_app_set_them():
-    r = Response(SERVER_HEADERS)
-    r.start_response("200 OK", [("Content-Length", "0")])
-    names = [n for n, _ in r.head().headers]
-    assert names.count(b"server") == 1 and names.count(b"date") == 1
-
-    r = Response(SERVER_HEADERS)
-    r.start_response("200 OK", [("server", "mine"), ("DATE", "Fri, 02 Jan 1970 00:00:00 GMT")])
-    headers = r.head().headers
-    assert [v for n, v in headers if n == b"server"] == [b"mine"]
-    assert [v for n, v in headers if n == b"date"] == [b"Fri, 02 Jan 1970 00:00:00 GMT"]
-
-
-def test_response_head_before_start_response_is_an_error():
-    with pytest.raises(RuntimeError, match="start_response"):
-        Response([]).head()
-
-
-def test_start_response_twice_without_exc_info_is_an_error():
-    r = Response([])
-    r.start_response("200 OK", [])
-    with pytest.raises(RuntimeError, match="second time"):
-        r.start_response("500 Oops", [])
-    assert r.status_code == 200
-
-
-def _exc_info() -> Any:
-    try:
-        raise KeyError("boom")
-    except KeyError:
-        return sys.exc_info()
-
-
-def test_start_response_with_exc_info_before_headers_sent_replaces_the_response():
-    r = Response([])
-    r.start_response("200 OK", [("Content-Length", "5"), ("X-A", "1")])
-    r.start_response("500 Internal Server Error", [("X-B", "2")], _exc_info())
-    assert (r.status_code, r.reason) == (500, b"Internal Server Error")
-    assert r.headers == [(b"X-B", b"2")]
-    assert r.content_length is None
-
-
-def test_start_response_with_exc_info_as_first_call_is_allowed():
-    r = Response([])
-    r.start_response("503 Service Unavailable", [], _exc_info())
-    assert r.status_code == 503
-
-
-def test_start_response_with_exc_info_after_headers_sent_reraises_it():
-    r = Response([])
-    r.start_response("200 OK", [])
-    r.headers_sent = True
-    info = _exc_info()
-    with pytest.raises(KeyError, match="boom") as caught:
-        r.start_response("500 Internal Server Error", [], info)
-    assert caught.value is info[1]
-    assert r.status_code == 200  # unchanged: too late
-
-
-def test_error_head_closes_and_carries_reason_and_server_headers():
-    head = error_head(413, b"too big\n", SERVER_HEADERS)
-    assert head.status_code == 413
-    assert head.reason == HTTPStatus(413).phrase.encode()  # the name varies by Python version
-    headers = dict(head.headers)
-    assert headers[b"connection"] == b"close"
-    assert headers[b"content-length"] == b"8"
-    assert headers[b"server"] == b"wsgiloop"
-    assert b"connection" not in dict(error_head(500, b"", [], close=False).headers)
 
 
 # -- over a socket: what the app sees -----------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
 
-    import h11
+    from .response import Head
 
 
 class ClientDisconnected(OSError):
@@ -68,7 +68,7 @@ class ResponseStream:
         self._on_ready = on_ready  # runs on the loop: takes the batch and writes it
         self._high = high
         self._cond = threading.Condition(threading.Lock())
-        self._head: h11.Response | None = None
+        self._head: Head | None = None
         self._chunks: list[bytes] = []
         self._end = False
         self._abort = False
@@ -83,7 +83,7 @@ class ResponseStream:
 
     def send(
         self,
-        head: h11.Response | None,
+        head: Head | None,
         chunks: list[bytes] | None = None,
         *,
         end: bool = False,
@@ -152,7 +152,7 @@ class ResponseStream:
 
     def take(
         self,
-    ) -> tuple[h11.Response | None, list[bytes], int, bool, bool]:
+    ) -> tuple[Head | None, list[bytes], int, bool, bool]:
         """Hand the pending batch to the loop: (head, chunks, handoff bytes, end, abort)."""
         with self._cond:
             head, chunks, handoff = self._head, self._chunks, self._handoff

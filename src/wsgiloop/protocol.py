@@ -25,13 +25,15 @@ from .bridge import InputStream, RequestBody, ResponseStream
 from .environ import connection_environ, request_environ
 from .logs import error_log
 from .proxy import apply_proxy_headers
-from .response import error_head
+from .response import END_CLOSE, END_KEEP_ALIVE, END_KEEP_ALIVE_10, UNTIL_CLOSE, error_head
 from .strict import ChunkedValidator, check_fields, check_head, error_status, head_end
 from .wsgi import Exchange
 
 if TYPE_CHECKING:
     from .server import ServerState
 
+_Connection = h11.Connection
+_SERVER = h11.SERVER
 _Data = h11.Data
 _EndOfMessage = h11.EndOfMessage
 _Request = h11.Request
@@ -42,21 +44,11 @@ _SEND_BODY = h11.SEND_BODY
 _IDLE = h11.IDLE
 _MUST_CLOSE = h11.MUST_CLOSE
 
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
 #: Seconds a closing connection keeps reading (and dropping) what the client still sends, so the
 #: close does not turn into a reset that destroys the answer before the client has read it.
 LINGER = 2.0
-
-
-class _Span:
-    """Stands for file bytes that ``os.sendfile`` writes, so h11 can count them."""
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -68,6 +60,7 @@ class HttpProtocol(asyncio.Protocol):
         "body",
         "body_seen",
         "conn",
+        "continue_sent",
         "deadline",
         "discarded",
         "discarding",
@@ -75,10 +68,14 @@ class HttpProtocol(asyncio.Protocol):
         "exchange",
         "fresh",
         "head",
+        "head_request",
+        "http11",
         "idle",
+        "keep_alive",
         "lingering",
         "loop",
         "reading",
+        "responded",
         "state",
         "stream",
         "transport",
@@ -95,6 +92,14 @@ class HttpProtocol(asyncio.Protocol):
         self.idle = True  # no byte of a next request yet
         self.fresh = True  # no request yet on this connection
         self.reading = True
+        # The request in flight: its HTTP version, whether the connection may stay open after it
+        # (the client's wish, then the response's: see _flush), whether the response head went
+        # out, whether a 100 Continue did.
+        self.http11 = True
+        self.head_request = False  # a HEAD: no response to it has a body, errors included
+        self.keep_alive = True
+        self.responded = False
+        self.continue_sent = False
         self.discarding = False  # response done, dropping the unread rest of the body
         self.discarded = 0
         self.draining = False  # waiting for the write buffer to empty before a sendfile
@@ -116,7 +121,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         config = state.config
         state.connections.add(self)
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self.conn = _Connection(_SERVER, max_incomplete_event_size=config.max_header_bytes)
         self.transport.set_write_buffer_limits(  # type: ignore[union-attr]
             config.write_buffer_high, config.write_buffer_low
         )
@@ -280,6 +285,7 @@ class HttpProtocol(asyncio.Protocol):
         conn = self.conn
         self.deadline = 0.0
         self.fresh = False
+        self.head_request = request.method == b"HEAD"
         if request.http_version not in (b"1.1", b"1.0"):
             self._client_error(505, "unsupported HTTP version")
             return
@@ -295,7 +301,7 @@ class HttpProtocol(asyncio.Protocol):
         if reason is not None:
             self._client_error(400, reason)
             return
-        size, te, cl, host = _scan_head(request)
+        size, te, cl, host, connection = _scan_head(request)
         rejection = check_fields(request.http_version, te, cl, host)
         if rejection is not None:
             self._client_error(*rejection)
@@ -321,6 +327,15 @@ class HttpProtocol(asyncio.Protocol):
         # While stopping, a request that still arrives (on a connection accepted just before the
         # listener closed: with pre-fork workers sharing it, that happens on every reload) is
         # served with "Connection: close" (see wsgi), not refused: the client did nothing wrong.
+        # h11 parses requests only (see response): keep-alive is decided here and in _flush.
+        self.http11 = http11 = request.http_version == b"1.1"
+        if connection is None:
+            self.keep_alive = http11
+        else:
+            tokens = {token.strip() for token in connection.lower().split(b",")}
+            # RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only on "keep-alive"
+            # (appendix C.2.2), and the response must then carry a length (see _flush).
+            self.keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
         has_body = conn.their_state is _SEND_BODY
         self.body.reset(has_body, conn.they_are_waiting_for_100_continue, config.max_body_size)
         environ = request_environ(
@@ -332,13 +347,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         if state.proxy_trust is not None:
             apply_proxy_headers(environ, state.proxy_trust)
-        extra = state.default_headers
-        if request.http_version == b"1.0" and _wants_keep_alive(request):
-            # h11 never keeps HTTP/1.0 alive; RFC 9112 appendix C.2.2 lets us when asked.
-            # The response must still carry a length: without one h11 closes, as it must.
-            conn._cstate.keep_alive = True
-            extra = [*extra, (b"Connection", b"keep-alive")]
-        self.exchange = Exchange(self, environ, extra, request.method == b"HEAD")
+        self.exchange = Exchange(
+            self, environ, state.default_headers, self.head_request, http11
+        )
         state.pool.submit(Exchange.run, self.exchange)
         now = self.loop.time()
         self.app_deadline = now + config.timeout if config.timeout else 0.0
@@ -353,13 +364,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send_continue(self) -> None:
         """The app started reading a body the client holds back for ``100 Continue``."""
-        conn = self.conn
-        if conn.they_are_waiting_for_100_continue and conn.our_state is h11.SEND_RESPONSE:
+        if (
+            self.conn.they_are_waiting_for_100_continue
+            and not self.responded
+            and not self.continue_sent
+        ):
             assert self.transport is not None
-            interim = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-            continue_ = conn.send(interim)
-            if continue_:
-                self.transport.write(continue_)
+            self.continue_sent = True
+            self.transport.write(_CONTINUE)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -373,33 +385,27 @@ class HttpProtocol(asyncio.Protocol):
             if end or abort:
                 self._end_exchange()
             return
-        conn = self.conn
-        if head is not None and self.app_deadline:
-            self.app_deadline = 0.0  # the app answered in time
-            self._arm()
-        try:
-            out: list[bytes] = []
-            if head is not None:
-                if conn.they_are_waiting_for_100_continue:
-                    # A final answer without a 100: the client may never send the body it holds
-                    # back, so where a next request would start is unknown. h11 then adds
-                    # "Connection: close" and ends in MUST_CLOSE (RFC 9110 10.1.1).
-                    conn._cstate.process_keep_alive_disabled()
-                out.append(conn.send(head))
-            for chunk in chunks:
-                out += conn.send_with_data_passthrough(_Data(data=chunk)) or ()
-            if handoff:
-                # The app thread will write these bytes itself with os.sendfile: book them
-                # with h11 now, on the loop, as a stand-in of the right length.
-                conn.send_with_data_passthrough(_Data(data=_Span(handoff)))  # type: ignore[arg-type]
-            if end:
-                out.append(conn.send(_EndOfMessage()))
-        except h11.LocalProtocolError as exc:
-            # e.g. the app declared a Content-Length and sent less: the framing is broken.
-            error_log.error("Aborting a response that does not match its framing: %s", exc)
-            abort = True
-        if out:
-            transport.writelines(out)
+        if head is not None:
+            self.responded = True
+            if self.app_deadline:
+                self.app_deadline = 0.0  # the app answered in time
+                self._arm()
+            if (
+                head.close
+                or not self.keep_alive
+                or self.state.stopping
+                or (head.framing is UNTIL_CLOSE and not self.exchange.head_only)
+                # A final answer without a 100: the client may never send the body it holds
+                # back, so where a next request would start is unknown (RFC 9110 10.1.1).
+                or (self.conn.they_are_waiting_for_100_continue and not self.continue_sent)
+            ):
+                self.keep_alive = False
+                end_of_head = END_CLOSE
+            else:
+                end_of_head = END_KEEP_ALIVE if self.http11 else END_KEEP_ALIVE_10
+            transport.writelines([head.data, end_of_head, *chunks])
+        elif chunks:
+            transport.writelines(chunks)
         if handoff:
             self._drain_then_grant()
         if abort:
@@ -435,10 +441,13 @@ class HttpProtocol(asyncio.Protocol):
         if transport.is_closing() or (exchange is not None and exchange.timed_out):
             self.exchange = None
             return
-        ours, theirs = conn.our_state, conn.their_state
-        if ours is _DONE and theirs is _DONE and not self.state.stopping:
+        theirs = conn.their_state
+        keep_alive = self.keep_alive and not self.state.stopping
+        if keep_alive and (theirs is _DONE or theirs is _MUST_CLOSE):
+            # MUST_CLOSE with keep-alive: an HTTP/1.0 client that asked for it (h11 never keeps
+            # 1.0 alive; it parses one request, and a fresh parser takes the next).
             self._start_next_cycle()
-        elif ours is _DONE and theirs is _SEND_BODY and not self.state.stopping:
+        elif keep_alive and theirs is _SEND_BODY:
             # The app did not read the whole body: drop the rest (bounded) to reach the next
             # request, rather than closing a keep-alive connection over a small leftover.
             self.body.close()
@@ -456,9 +465,18 @@ class HttpProtocol(asyncio.Protocol):
     def _start_next_cycle(self) -> None:
         self.exchange = None
         self.discarding = False
-        self.conn.start_next_cycle()
-        # A pipelined request h11 already holds: its head is checked like any other.
+        self.responded = self.continue_sent = self.head_request = False
+        # A fresh parser per request: h11 never saw the response (see response), so its own
+        # next cycle is not available, and a new Connection costs less than one anyway.
         buffered, closed = self.conn.trailing_data
+        self.conn = conn = _Connection(
+            _SERVER, max_incomplete_event_size=self.state.config.max_header_bytes
+        )
+        if buffered:
+            conn.receive_data(buffered)
+        if closed:
+            conn.receive_data(b"")
+        # A pipelined request h11 already holds: its head is checked like any other.
         self.head = buffered
         self.idle = True
         self.deadline = self.loop.time() + self.state.config.keepalive_timeout
@@ -523,8 +541,7 @@ class HttpProtocol(asyncio.Protocol):
         self.stream.close()
         self.body.close()
         self.deadline = 0.0
-        conn = self.conn
-        if conn.our_state is not h11.SEND_RESPONSE:
+        if self.responded:
             self.transport.abort()
             return
         self._write_error(status)
@@ -533,16 +550,14 @@ class HttpProtocol(asyncio.Protocol):
     def _write_error(self, status: int) -> None:
         """Send a plain-text ``status`` response that the server answers itself (no app)."""
         assert self.transport is not None
-        conn = self.conn
-        phrase = HTTPStatus(status).phrase
-        body = f"{status} {phrase}\n".encode()
-        out: list[bytes] = []
-        try:
-            out.append(conn.send(error_head(status, body, self.state.default_headers)))
-            out.append(conn.send(_Data(data=body)))
-        except h11.LocalProtocolError:
-            pass  # a HEAD request: no body allowed
-        self.transport.writelines(out)
+        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        head = error_head(status, body, self.state.default_headers)
+        self.responded = True
+        self.keep_alive = False
+        if self.head_request:
+            self.transport.writelines([head.data, END_CLOSE])
+        else:
+            self.transport.writelines([head.data, END_CLOSE, body])
 
 
     def _client_error(self, status: int, detail: str) -> None:
@@ -557,8 +572,7 @@ class HttpProtocol(asyncio.Protocol):
             # head went out yet, else an aborted connection.
             self._give_up(status)
             return
-        conn = self.conn
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not transport.is_closing():
+        if not self.responded and not transport.is_closing():
             self._write_error(status)
         self._linger()
 
@@ -628,12 +642,14 @@ def _buffered(conn: h11.Connection) -> bool:
     return closed or bool(data)
 
 
-def _scan_head(request: h11.Request) -> tuple[int, bool, bool, bytes | None]:
+def _scan_head(request: h11.Request) -> tuple[int, bool, bool, bytes | None, bytes | None]:
     """One pass over the fields: the head's size as sent (give or take optional whitespace),
-    whether Transfer-Encoding and Content-Length are present, and the Host value."""
+    whether Transfer-Encoding and Content-Length are present, the Host value and the
+    Connection value (several Connection fields joined as one list)."""
     size = len(request.method) + len(request.target) + 14  # " HTTP/1.1\r\n" and the blank line
     te = cl = False
     host: bytes | None = None
+    connection: bytes | None = None
     for name, value in request.headers:
         size += len(name) + len(value) + 4  # ": " and "\r\n"
         if name == b"transfer-encoding":
@@ -642,11 +658,6 @@ def _scan_head(request: h11.Request) -> tuple[int, bool, bool, bytes | None]:
             cl = True
         elif name == b"host":
             host = value
-    return size, te, cl, host
-
-
-def _wants_keep_alive(request: h11.Request) -> bool:
-    for name, value in request.headers:
-        if name == b"connection":
-            return b"keep-alive" in value.lower()
-    return False
+        elif name == b"connection":
+            connection = value if connection is None else connection + b"," + value
+    return size, te, cl, host, connection

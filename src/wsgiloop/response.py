@@ -1,28 +1,76 @@
-"""``start_response`` by the book, without I/O.
+"""``start_response`` and response framing, by the book, without I/O.
 
-``Response`` holds what the app declared (status, headers) and turns it into an ``h11.Response``
-when the first body byte is ready. Validation happens here, in the app's thread, so a bad status
-or header becomes an exception inside the app's call (and so a 500), never a broken response on
-the wire.
+``Response`` holds what the app declared (status, headers). When the first body bytes are
+ready, ``head()`` validates it and serialises the status line and headers, and picks the body's
+framing (RFC 9112 section 6.3): the app's Content-Length, else chunked for an HTTP/1.1 client,
+else the body runs until the connection closes. Validation happens here, in the app's thread,
+so a bad status or header becomes an exception inside the app's call (and so a 500), never a
+broken response on the wire.
+
+The head leaves out one thing: the ``Connection`` header and the blank line that ends the head.
+Whether the connection stays open is decided on the loop when the head goes out (the server may
+have started stopping; a client may still be holding back a body for ``100 Continue``), so the
+loop appends one of the ``END_*`` constants.
+
+h11 parses requests; responses are written here rather than by h11, because h11's writer costs
+as much per response as its parser does per request (a third of a small request's time), while
+a response head that repeats (same status, same headers) is a dictionary hit here.
 """
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-import h11
-
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+#: Body framings (RFC 9112 6.3), as chosen by ``head()``.
+LENGTH = 1  # Content-Length, from the app
+CHUNKED = 2  # Transfer-Encoding: chunked (HTTP/1.1 clients)
+UNTIL_CLOSE = 3  # no length, an HTTP/1.0 client: the body ends when the connection closes
+NO_BODY = 4  # 1xx, 204, 304: never content, whatever the headers say
+
+#: What the loop appends to a head: the Connection header, if any, and the blank line.
+END_KEEP_ALIVE = b"\r\n"
+END_KEEP_ALIVE_10 = b"Connection: keep-alive\r\n\r\n"  # HTTP/1.0 keep-alive must be explicit
+END_CLOSE = b"Connection: close\r\n\r\n"
+
+#: The last chunk of a chunked body (no trailers: WSGI has no way to send any).
+LAST_CHUNK = b"0\r\n\r\n"
 
 _DIGITS = frozenset("0123456789")
 _STATUSES = frozenset(s.value for s in HTTPStatus)
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+").fullmatch
+#: A field value once stripped of surrounding whitespace: visible characters, spaces, tabs and
+#: obs-text (RFC 9110 5.5). CR, LF, NUL and the other controls would split or corrupt the head.
+_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*").fullmatch
+_OWS = b" \t"
+#: Hop-by-hop headers the server owns (PEP 3333 forbids apps to set them): what the app says is
+#: read (Content-Length, a "close" in Connection) but the server writes its own.
+_FRAMING_NAMES = frozenset((b"connection", b"transfer-encoding"))
 
-#: App headers + server headers → h11's validated form, for header sets that repeat. Shared by
+
+class InvalidHeader(ValueError):
+    """A header name or value that cannot go on the wire as given."""
+
+
+class Head:
+    """A validated, serialised response head and what the loop needs to know about it."""
+
+    __slots__ = ("close", "data", "framing")
+
+    def __init__(self, data: bytes, framing: int, close: bool) -> None:
+        self.data = data  # status line and headers, without Connection and the final CRLF
+        self.framing = framing
+        self.close = close  # the connection must close after this response (app's or framing's)
+
+
+#: (status, HTTP/1.1?, app headers..., server headers...) → Head, for heads that repeat. Shared by
 #: the pool threads: single dict operations are atomic, and a lost insert only costs a miss.
-_VALIDATED: dict[tuple[tuple[bytes, bytes], ...], Any] = {}
-_VALIDATED_MAX = 256
+_HEADS: dict[tuple[Any, ...], Head] = {}
+_HEADS_MAX = 256
 
 
 class Response:
@@ -31,6 +79,7 @@ class Response:
     __slots__ = (
         "content_length",
         "extra_headers",
+        "framing",
         "headers",
         "headers_sent",
         "reason",
@@ -39,7 +88,7 @@ class Response:
     )
 
     def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
-        #: Headers the server adds (Server, Date, Connection) unless the app set them.
+        #: Headers the server adds (Server, Date) unless the app set them.
         self.extra_headers = extra_headers
         self.status = ""
         self.status_code = 0
@@ -47,6 +96,7 @@ class Response:
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_sent = False
         self.content_length: int | None = None
+        self.framing = 0  # set by head()
 
     def start_response(
         self,
@@ -68,27 +118,82 @@ class Response:
         self.headers, self.content_length = _encode_headers(headers)
         self.status = status
 
-    def head(self) -> h11.Response:
-        """The h11 event for the status line and headers; raises on what h11 refuses."""
+    def head(self, http11: bool = True) -> Head:
+        """The serialised head for a client speaking HTTP/1.1 (or 1.0); raises on a bad header."""
         if not self.status:
             raise RuntimeError("the application returned without calling start_response()")
-        key = (*self.headers, *self.extra_headers)
-        valid = _VALIDATED.get(key)
-        if valid is not None:
-            # The same header set as an earlier response (checked then): skip the merge and
-            # h11's validation, the costliest part of a small response's head.
-            return h11.Response(status_code=self.status_code, headers=valid, reason=self.reason)
-        headers = self.headers
-        if self.extra_headers:
-            # Compare lowercased on both sides: the server's names are title-case (b"Server"),
-            # the app's any case, and an app's own Date/Server/Connection must win, not repeat.
-            present = {name.lower() for name, _ in headers}
-            headers = headers + [h for h in self.extra_headers if h[0].lower() not in present]
-        event = h11.Response(status_code=self.status_code, headers=headers, reason=self.reason)
-        if len(_VALIDATED) >= _VALIDATED_MAX:
-            _VALIDATED.clear()  # bounded; e.g. the Date header changes every second
-        _VALIDATED[key] = event.headers
-        return event
+        key = (self.status, http11, *self.headers, *self.extra_headers)
+        head = _HEADS.get(key)
+        if head is None:
+            head = _build_head(
+                self.status_code, self.reason, self.headers, self.extra_headers, http11
+            )
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()  # bounded; e.g. the Date header changes every second
+            _HEADS[key] = head
+        self.framing = head.framing
+        if head.framing is not LENGTH:
+            self.content_length = None  # e.g. Transfer-Encoding from the app overrides it
+        return head
+
+
+def _build_head(
+    code: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    extra_headers: list[tuple[bytes, bytes]],
+    http11: bool,
+) -> Head:
+    if code < 200:
+        raise ValueError(f"{code} is an interim status, not a final response")
+    lines = [b"HTTP/1.1 %d %s\r\n" % (code, reason)]
+    present = set()
+    length: bytes | None = None
+    te = close = False
+    for name, value in headers:
+        if not _TOKEN(name):
+            raise InvalidHeader(f"invalid header name {name!r}")
+        value = value.strip(_OWS)
+        if not _VALUE(value):
+            raise InvalidHeader(f"invalid value for header {name.decode('latin-1')}: {value!r}")
+        lower = name.lower()
+        present.add(lower)
+        if lower in _FRAMING_NAMES:
+            if lower == b"transfer-encoding":
+                te = True  # the server frames the body: the app's codings are not applied
+            elif b"close" in value.lower():
+                close = True
+            continue
+        if lower == b"content-length":
+            if length is not None:
+                if value != length:
+                    raise InvalidHeader("conflicting Content-Length headers")
+                continue  # the same length twice: send it once
+            length = value
+        lines.append(b"%s: %s\r\n" % (name, value))
+    # The server's headers (Server, Date) unless the app set its own: compared lowercased, as the
+    # server's names are title-case and an app's own must win, not repeat.
+    for name, value in extra_headers:
+        if name.lower() not in present:
+            lines.append(b"%s: %s\r\n" % (name, value))
+    if code in (204, 304):
+        framing = NO_BODY
+    elif length is not None and not te:
+        framing = LENGTH
+    else:
+        if length is not None:  # Transfer-Encoding wins over Content-Length (RFC 9112 6.3): drop it
+            lines = [line for line in lines if not line.lower().startswith(b"content-length:")]
+        if http11:
+            framing = CHUNKED
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            framing = UNTIL_CLOSE
+    return Head(b"".join(lines), framing, close)
+
+
+def encode_chunk(data: bytes) -> list[bytes]:
+    """One chunk of a chunked body, as buffers for ``writelines`` (the data is not copied)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
 
 
 def _parse_status(status: str) -> tuple[int, bytes]:
@@ -97,7 +202,7 @@ def _parse_status(status: str) -> tuple[int, bytes]:
     code, _, reason = status.partition(" ")
     if len(code) != 3 or not _DIGITS.issuperset(code) or code[0] == "0":
         raise ValueError(f"invalid status {status!r}: expected e.g. '200 OK'")
-    if "\r" in reason or "\n" in reason:
+    if not _VALUE(reason.encode("latin-1")) or "\t" in reason:
         raise ValueError(f"invalid status {status!r}: control characters in the reason")
     return int(code), reason.encode("latin-1")
 
@@ -105,7 +210,7 @@ def _parse_status(status: str) -> tuple[int, bytes]:
 def _encode_headers(
     headers: list[tuple[str, str]],
 ) -> tuple[list[tuple[bytes, bytes]], int | None]:
-    """Check types, encode latin-1, find Content-Length; h11 validates names and values."""
+    """Check types, encode latin-1, find Content-Length; ``head()`` validates names and values."""
     if type(headers) is not list:
         raise TypeError(f"headers must be a list, got {type(headers).__name__}")
     encoded: list[tuple[bytes, bytes]] = []
@@ -118,24 +223,25 @@ def _encode_headers(
             raise TypeError(f"header name and value must be str, got {item!r}")
         bname = name.encode("latin-1")
         if bname.lower() == b"content-length":
-            if not value.isdigit():
+            value = value.strip(" \t")
+            if not value.isdigit() or not value.isascii():
                 raise ValueError(f"invalid Content-Length header {value!r}")
             length = int(value)
         encoded.append((bname, value.encode("latin-1")))
     return encoded, length
 
 
-def error_head(
-    status_code: int, body: bytes, extra_headers: list[tuple[bytes, bytes]], close: bool = True
-) -> h11.Response:
-    """A plain-text response head for errors the server answers itself (400, 500, 503 ...)."""
+def error_head(status_code: int, body: bytes, extra_headers: list[tuple[bytes, bytes]]) -> Head:
+    """A plain-text response head for errors the server answers itself (400, 500, 503 ...).
+
+    The connection closes after it: whatever went wrong, the next bytes on it are suspect.
+    """
+    # Reason phrases from http.HTTPStatus: logs and old clients expect the usual ones.
+    reason = HTTPStatus(status_code).phrase.encode() if status_code in _STATUSES else b""
     headers = [
         (b"Content-Type", b"text/plain; charset=utf-8"),
         (b"Content-Length", str(len(body)).encode()),
     ]
-    if close:
-        headers.append((b"Connection", b"close"))
-    headers += extra_headers
-    # h11 sends an empty reason phrase unless given one; logs and old clients expect the usual.
-    reason = HTTPStatus(status_code).phrase.encode() if status_code in _STATUSES else b""
-    return h11.Response(status_code=status_code, headers=headers, reason=reason)
+    head = _build_head(status_code, reason, headers, extra_headers, True)
+    head.close = True
+    return head

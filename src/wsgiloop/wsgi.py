@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 from .bridge import BodyTooLarge, ClientDisconnected, ResponseStream
 from .filewrapper import FileWrapper, sendfile_all
 from .logs import access_log, error_log, log_access
-from .response import ExcInfo, Response, error_head
+from .response import (
+    CHUNKED,
+    LAST_CHUNK,
+    LENGTH,
+    NO_BODY,
+    ExcInfo,
+    Response,
+    encode_chunk,
+    error_head,
+)
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
@@ -34,9 +43,6 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _INTERNAL_ERROR = b"500 Internal Server Error\n"
 _TOO_LARGE = b"413 Content Too Large\n"
 
-#: Statuses that never have content (RFC 9110 6.4.1). h11 refuses any, which would abort the
-#: connection over, say, a 304 that carries the body of the 200 it replaces: drop it instead.
-_BODILESS = frozenset((204, 304))
 
 
 class Exchange:
@@ -45,6 +51,7 @@ class Exchange:
     __slots__ = (
         "environ",
         "head_only",
+        "http11",
         "overflowed",
         "protocol",
         "response",
@@ -60,12 +67,14 @@ class Exchange:
         environ: dict[str, Any],
         extra_headers: list[tuple[bytes, bytes]],
         head_only: bool,
+        http11: bool = True,
     ) -> None:
         self.protocol = protocol
         self.stream: ResponseStream = protocol.stream
         self.environ = environ
         self.response = Response(extra_headers)
         self.head_only = head_only
+        self.http11 = http11
         self.sent = 0  # body bytes handed to the loop
         self.overflowed = False  # the app went past its Content-Length: stop iterating
         self.started = time.monotonic()
@@ -89,23 +98,48 @@ class Exchange:
     # -- sending -----------------------------------------------------------------------------
 
     def _push(self, chunks: list[bytes], end: bool) -> None:
+        """Frame ``chunks`` (and the end) for the wire and queue them for the loop."""
         response = self.response
         head = None
         if not response.headers_sent:
-            if self.protocol.state.stopping:
-                response.extra_headers = [*response.extra_headers, (b"Connection", b"close")]
-            head = response.head()
+            head = response.head(self.http11)
             response.headers_sent = True
-            if response.status_code in _BODILESS:
-                self.head_only = True  # from here on, the body is dropped as for HEAD
+            if head.framing is NO_BODY:
+                # 204/304 never have content: drop any, as for HEAD, rather than break framing
+                # over, say, a 304 that carries the body of the 200 it replaces.
+                self.head_only = True
         if self.head_only:
-            chunks = []
-        else:
-            length = response.content_length
-            if length is not None:
-                chunks = self._clip(chunks, length)
-            for chunk in chunks:
-                self.sent += len(chunk)
+            self.stream.send(head, None, end=end)
+            return
+        framing = response.framing
+        if framing is LENGTH:
+            length: int = response.content_length  # type: ignore[assignment]
+            chunks = self._clip(chunks, length)
+            for data in chunks:
+                self.sent += len(data)
+            if end and self.sent < length:
+                # The client would wait for the missing bytes forever, or take the next response
+                # for them: the response is broken, and only dropping the connection says so.
+                error_log.error(
+                    "%s %s: the app sent %d bytes of its Content-Length of %d; aborting",
+                    self.environ["REQUEST_METHOD"],
+                    self.environ["PATH_INFO"],
+                    self.sent,
+                    length,
+                )
+                self.stream.send(head, chunks, abort=True)
+                return
+        elif framing is CHUNKED:
+            framed: list[bytes] = []
+            for data in chunks:
+                self.sent += len(data)
+                framed += encode_chunk(data)
+            if end:
+                framed.append(LAST_CHUNK)
+            chunks = framed
+        else:  # UNTIL_CLOSE: the loop closes the connection after the end
+            for data in chunks:
+                self.sent += len(data)
         self.stream.send(head, chunks, end=end)
 
     def _clip(self, chunks: list[bytes], length: int) -> list[bytes]:
@@ -149,17 +183,18 @@ class Exchange:
             return False
         file_fd, offset, available = span
         response = self.response
-        if response.headers_sent or not response.status or response.status_code in _BODILESS:
+        if response.headers_sent or not response.status or response.status_code in (204, 304):
             return False
-        count = available
         if response.content_length is None:
             response.headers.append((b"Content-Length", str(available).encode()))
             response.content_length = available
-        else:
-            count = min(available, response.content_length)
+        head = response.head(self.http11)
+        if response.framing is not LENGTH:
+            return False  # the app asked for Transfer-Encoding: iterate and chunk
+        count = min(available, response.content_length)
         if self.head_only:
             return True
-        self.stream.send(response.head(), None)
+        self.stream.send(head, None)
         response.headers_sent = True
         stream = self.stream
         own_fd = stream.handoff(sock, count)  # a private duplicate: see ResponseStream.handoff
