@@ -6,6 +6,7 @@ never reaches the app, and is logged without a traceback (a bad client is not a 
 
 from __future__ import annotations
 
+import gc
 import logging
 import select
 import socket
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 from apps import echo, hello
 from conftest import is_closed, read_response, recv_until_closed
+
+from wsgiloop.protocol import HttpProtocol
 
 
 @pytest.fixture
@@ -501,3 +504,39 @@ def test_server_survives_a_client_that_resets(serve):
     sock.close()  # RST
     resp, body = server.request("GET", "/")
     assert (resp.status, body) == (200, b"Hello, world!")
+
+
+# -- memory: a closed connection leaves nothing behind -------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["client closes", "server closes"])
+def test_a_closed_connection_is_freed_without_the_cyclic_gc(serve, ending):
+    """Reference counting alone frees a connection's protocol, parser and queues once it closes:
+    under load the cyclic GC would otherwise collect every connection, and pause to do it."""
+
+    def protocols() -> int:  # with the GC off, objects left in cycles stay in this list
+        return sum(1 for o in gc.get_objects() if type(o) is HttpProtocol)
+
+    server = serve(hello)
+    state = server.server.state  # type: ignore[union-attr]
+    gc.collect()
+    gc.disable()
+    try:
+        sock = server.connect()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        assert protocols() == 1
+        if ending == "client closes":
+            sock.close()
+        else:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert recv_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+            sock.close()
+        deadline = time.monotonic() + 10
+        while state.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not state.connections
+        time.sleep(0.1)  # let the loop finish the callbacks of the close
+        assert protocols() == 0, "the closed connection is only reachable through a cycle"
+    finally:
+        gc.enable()

@@ -55,17 +55,17 @@ class ResponseStream:
         "_head",
         "_high",
         "_loop",
-        "_on_ready",
         "_paused",
         "_queued",
         "_scheduled",
+        "on_ready",
     )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_ready: Callable[[], None], high: int
     ) -> None:
         self._loop = loop
-        self._on_ready = on_ready  # runs on the loop: takes the batch and writes it
+        self.on_ready = on_ready  # runs on the loop: takes the batch and writes it
         self._high = high
         self._cond = threading.Condition(threading.Lock())
         self._head: Head | None = None
@@ -105,7 +105,7 @@ class ResponseStream:
             wake = not self._scheduled
             self._scheduled = True
         if wake:
-            self._loop.call_soon_threadsafe(self._on_ready)
+            self._loop.call_soon_threadsafe(self.on_ready)
         if end or abort:
             return
         if self._paused or self._queued > self._high:
@@ -140,7 +140,7 @@ class ResponseStream:
             wake = not self._scheduled
             self._scheduled = True
         if wake:
-            self._loop.call_soon_threadsafe(self._on_ready)
+            self._loop.call_soon_threadsafe(self.on_ready)
         with cond:
             while not self._granted and not self._closed:
                 cond.wait()

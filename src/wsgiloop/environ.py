@@ -19,13 +19,15 @@ from .filewrapper import FileWrapper
 
 SERVER_SOFTWARE = f"wsgiloop/{__version__}"
 
-# Header name (lowercase bytes, as h11 gives it) → environ key; None drops the header.
-_KEY_CACHE: dict[bytes, str | None] = {
+# Header names that do not become HTTP_* keys (by their lowercase form); None drops the header.
+_SPECIAL_KEYS: dict[bytes, str | None] = {
     b"content-type": "CONTENT_TYPE",
     b"content-length": "CONTENT_LENGTH",
     # Hop-by-hop framing is the server's business; apps see wsgi.input_terminated instead.
     b"transfer-encoding": None,
 }
+# Header name, as the client spelled it → environ key.
+_KEY_CACHE: dict[bytes, str | None] = {}
 _KEY_CACHE_MAX = 512
 
 
@@ -33,9 +35,16 @@ def _environ_key(name: bytes) -> str | None:
     key = _KEY_CACHE.get(name, "")
     if key != "":
         return key
-    # Underscores are dropped: "X-Auth_User" and "X-Auth-User" would collide as HTTP_X_AUTH_USER,
-    # which a client can use to spoof a header a proxy set (gunicorn, nginx and Apache agree).
-    computed = None if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    lower = name.lower()
+    if lower in _SPECIAL_KEYS:
+        computed = _SPECIAL_KEYS[lower]
+    elif b"_" in name:
+        # Underscores are dropped: "X-Auth_User" and "X-Auth-User" would collide as
+        # HTTP_X_AUTH_USER, which a client can use to spoof a header a proxy set (gunicorn,
+        # nginx and Apache agree).
+        computed = None
+    else:
+        computed = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
     if len(_KEY_CACHE) < _KEY_CACHE_MAX:
         _KEY_CACHE[name] = computed
     return computed
@@ -113,22 +122,36 @@ def decode_path(path: bytes) -> str:
 
 
 def request_environ(
-    base: dict[str, Any], request: Request, wsgi_input: Any, script_name: str
+    base: dict[str, Any],
+    request: Request,
+    wsgi_input: Any,
+    script_name: str,
+    fields: list[tuple[bytes, bytes]] | None = None,
 ) -> dict[str, Any]:
-    """The full environ for one parsed request."""
+    """The full environ for one parsed request.
+
+    ``fields`` is ``request.headers.raw_items()`` when the caller has it already (a plain list
+    walks several times faster than h11's ``Headers`` sequence).
+    """
     environ = base.copy()
-    raw_path, query = split_target(request.target)
+    target = request.target
+    if target[:1] == b"/":  # origin-form, all but always
+        raw_path, _, query = target.partition(b"?")
+        end = -1
+    else:
+        raw_path, query = split_target(target)
+        end = _authority_end(target)
     path = decode_path(raw_path)
     if script_name and (path == script_name or path.startswith(script_name + "/")):
         path = path[len(script_name) :]
     environ["REQUEST_METHOD"] = request.method.decode("ascii")
     environ["PATH_INFO"] = path
     environ["QUERY_STRING"] = query.decode("latin-1")
-    environ["RAW_URI"] = request.target.decode("latin-1")
+    environ["RAW_URI"] = target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode("ascii")
     environ["wsgi.input"] = wsgi_input
     get_key = _environ_key
-    for name, value in request.headers:
+    for name, value in request.headers.raw_items() if fields is None else fields:
         key = get_key(name)
         if key is None:
             continue
@@ -141,10 +164,9 @@ def request_environ(
                 text = environ[key] + "," + text
             # CONTENT_LENGTH/CONTENT_TYPE repeated: h11 already rejected conflicting lengths.
         environ[key] = text
-    end = _authority_end(request.target)
     if end != -1:
         # RFC 9112 3.2.2: with an absolute-form target the server MUST ignore Host and use the
         # target's authority, so apps that route or validate by HTTP_HOST see the same host.
-        authority = request.target[request.target.find(b"//") + 2 : end]
+        authority = target[target.find(b"//") + 2 : end]
         environ["HTTP_HOST"] = authority.rpartition(b"@")[2].decode("latin-1")
     return environ

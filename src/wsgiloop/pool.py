@@ -83,6 +83,8 @@ class ThreadPool:
                 fn(arg)
             except BaseException:  # the job handles app errors; this is a bug in wsgiloop
                 error_log.exception("Unhandled error in a pool thread")
+            # An idle thread must not keep its last request (and so its connection) alive.
+            del job, fn, arg
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop the threads after their current job; wait up to ``timeout`` seconds."""

@@ -57,6 +57,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "app_deadline",
         "base_environ",
+        "bodiless",
         "body",
         "body_seen",
         "conn",
@@ -97,6 +98,9 @@ class HttpProtocol(asyncio.Protocol):
         # out, whether a 100 Continue did.
         self.http11 = True
         self.head_request = False  # a HEAD: no response to it has a body, errors included
+        # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and h11's
+        # EndOfMessage for it is left unasked for (see _on_request).
+        self.bodiless = False
         self.keep_alive = True
         self.responded = False
         self.continue_sent = False
@@ -147,6 +151,9 @@ class HttpProtocol(asyncio.Protocol):
         self.stream.close()
         self.body.close()
         self.deadline = 0.0
+        # Their callbacks are bound methods of this protocol: without them, reference counting
+        # frees a closed connection at once instead of leaving cycles to the cyclic GC.
+        self.stream.on_ready = self.body.request_more = self.body.on_first_read = _nothing
 
     def pause_writing(self) -> None:
         self.stream.pause()
@@ -257,7 +264,10 @@ class HttpProtocol(asyncio.Protocol):
                     self._arm()
             elif kind is _Request:
                 self._on_request(event)  # type: ignore[arg-type]
-                if self.exchange is None:  # answered on the loop (an error): connection closing
+                if self.exchange is None or self.bodiless:
+                    # Answered on the loop (an error: the connection is closing); or nothing
+                    # more to read for this request: next_event would say EndOfMessage, then
+                    # NEED_DATA, unless the client pipelined.
                     return
             elif kind is _EndOfMessage:
                 if self.discarding:
@@ -301,7 +311,8 @@ class HttpProtocol(asyncio.Protocol):
         if reason is not None:
             self._client_error(400, reason)
             return
-        size, te, cl, host, connection = _scan_head(request)
+        fields = request.headers.raw_items()
+        size, te, cl, host, connection = _scan_head(request, fields)
         rejection = check_fields(request.http_version, te, cl, host)
         if rejection is not None:
             self._client_error(*rejection)
@@ -336,10 +347,16 @@ class HttpProtocol(asyncio.Protocol):
             # RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only on "keep-alive"
             # (appendix C.2.2), and the response must then carry a length (see _flush).
             self.keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
-        has_body = conn.their_state is _SEND_BODY
-        self.body.reset(has_body, conn.they_are_waiting_for_100_continue, config.max_body_size)
+        # Without a body there is nothing more to read for this request; h11's EndOfMessage for it
+        # comes only if later bytes make _pump ask (the next request pipelined behind it).
+        self.bodiless = bodiless = not te and not cl
+        self.body.reset(
+            not bodiless,
+            not bodiless and conn.they_are_waiting_for_100_continue,
+            config.max_body_size,
+        )
         environ = request_environ(
-            self.base_environ, request, InputStream(self.body), config.root_path
+            self.base_environ, request, InputStream(self.body), config.root_path, fields
         )
         length = environ.get("CONTENT_LENGTH")
         if length is not None and int(length) > config.max_body_size:
@@ -397,7 +414,11 @@ class HttpProtocol(asyncio.Protocol):
                 or (head.framing is UNTIL_CLOSE and not self.exchange.head_only)
                 # A final answer without a 100: the client may never send the body it holds
                 # back, so where a next request would start is unknown (RFC 9110 10.1.1).
-                or (self.conn.they_are_waiting_for_100_continue and not self.continue_sent)
+                or (
+                    not self.continue_sent
+                    and not self.bodiless
+                    and self.conn.they_are_waiting_for_100_continue
+                )
             ):
                 self.keep_alive = False
                 end_of_head = END_CLOSE
@@ -443,7 +464,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         theirs = conn.their_state
         keep_alive = self.keep_alive and not self.state.stopping
-        if keep_alive and (theirs is _DONE or theirs is _MUST_CLOSE):
+        if keep_alive and (theirs is _DONE or theirs is _MUST_CLOSE or self.bodiless):
             # MUST_CLOSE with keep-alive: an HTTP/1.0 client that asked for it (h11 never keeps
             # 1.0 alive; it parses one request, and a fresh parser takes the next).
             self._start_next_cycle()
@@ -456,7 +477,7 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = self.loop.time() + self.state.config.header_timeout
             self._resume_reading()
             self._pump()
-        elif theirs is _SEND_BODY:
+        elif theirs is _SEND_BODY and not self.bodiless:
             self._linger()  # the client may still be sending the body (a 413, say)
         else:
             self.exchange = None
@@ -465,7 +486,7 @@ class HttpProtocol(asyncio.Protocol):
     def _start_next_cycle(self) -> None:
         self.exchange = None
         self.discarding = False
-        self.responded = self.continue_sent = self.head_request = False
+        self.responded = self.continue_sent = self.head_request = self.bodiless = False
         # A fresh parser per request: h11 never saw the response (see response), so its own
         # next cycle is not available, and a new Connection costs less than one anyway.
         buffered, closed = self.conn.trailing_data
@@ -631,6 +652,10 @@ class HttpProtocol(asyncio.Protocol):
         self._close()
 
 
+def _nothing() -> None:
+    """Stands for the callbacks of a closed connection's stream and body."""
+
+
 def _peer(proto: HttpProtocol) -> str:
     return str(proto.base_environ["REMOTE_ADDR"] or "unix socket")
 
@@ -642,7 +667,9 @@ def _buffered(conn: h11.Connection) -> bool:
     return closed or bool(data)
 
 
-def _scan_head(request: h11.Request) -> tuple[int, bool, bool, bytes | None, bytes | None]:
+def _scan_head(
+    request: h11.Request, fields: list[tuple[bytes, bytes]]
+) -> tuple[int, bool, bool, bytes | None, bytes | None]:
     """One pass over the fields: the head's size as sent (give or take optional whitespace),
     whether Transfer-Encoding and Content-Length are present, the Host value and the
     Connection value (several Connection fields joined as one list)."""
@@ -650,8 +677,9 @@ def _scan_head(request: h11.Request) -> tuple[int, bool, bool, bytes | None, byt
     te = cl = False
     host: bytes | None = None
     connection: bytes | None = None
-    for name, value in request.headers:
-        size += len(name) + len(value) + 4  # ": " and "\r\n"
+    for raw_name, value in fields:
+        size += len(raw_name) + len(value) + 4  # ": " and "\r\n"
+        name = raw_name.lower()
         if name == b"transfer-encoding":
             te = True
         elif name == b"content-length":
