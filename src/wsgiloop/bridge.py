@@ -42,22 +42,29 @@ class BodyTooLarge(ValueError):
 
 
 class ResponseStream:
-    """Thread → loop byte stream for one connection, with write backpressure."""
+    """Thread → loop byte stream for one connection, with write backpressure.
+
+    Only one app thread ever writes to a stream (the one running the connection's request in
+    flight), so a blocked writer waits on a lock of its own, taken only when it must block,
+    instead of a ``threading.Condition``: a stream is made per connection, and a Condition
+    costs more to build than the rest of the connection's objects together.
+    """
 
     __slots__ = (
         "_abort",
         "_chunks",
         "_closed",
-        "_cond",
         "_end",
         "_granted",
         "_handoff",
         "_head",
         "_high",
+        "_lock",
         "_loop",
         "_paused",
         "_queued",
         "_scheduled",
+        "_waiter",
         "on_ready",
     )
 
@@ -67,7 +74,8 @@ class ResponseStream:
         self._loop = loop
         self.on_ready = on_ready  # runs on the loop: takes the batch and writes it
         self._high = high
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # guards everything below
+        self._waiter: threading.Lock | None = None  # held while the app thread is blocked
         self._head: Head | None = None
         self._chunks: list[bytes] = []
         self._end = False
@@ -78,6 +86,24 @@ class ResponseStream:
         self._scheduled = False
         self._paused = False
         self._closed = False
+
+    def _wait(self) -> None:
+        """Block the app thread until ``_wake`` (called and returns with ``_lock`` held)."""
+        waiter = threading.Lock()
+        waiter.acquire()
+        self._waiter = waiter
+        self._lock.release()
+        try:
+            waiter.acquire()  # returns at once if _wake came between the two releases
+        finally:
+            self._lock.acquire()
+
+    def _wake(self) -> None:
+        """Unblock the app thread, if it waits (called with ``_lock`` held)."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.release()
 
     # -- app thread side -------------------------------------------------------------------
 
@@ -90,8 +116,7 @@ class ResponseStream:
         abort: bool = False,
     ) -> None:
         """Queue a head, body chunks and/or the end; block while the client is not keeping up."""
-        cond = self._cond
-        with cond:
+        with self._lock:
             if self._closed:
                 raise ClientDisconnected("client disconnected")
             if head is not None:
@@ -109,20 +134,18 @@ class ResponseStream:
         if end or abort:
             return
         if self._paused or self._queued > self._high:
-            with cond:
+            with self._lock:
                 while (self._paused or self._queued > self._high) and not self._closed:
-                    cond.wait()
+                    self._wait()
                 if self._closed:
                     raise ClientDisconnected("client disconnected")
 
     def handoff(self, sock_fd: int, count: int) -> int:
         """Block until the loop has flushed everything and lends this thread the socket.
 
-        ``count`` is how many body bytes the thread will write; the loop books them with h11
-        before granting, so h11's state is only ever touched on the loop.
-
-        Used for ``os.sendfile``: the thread then writes to the socket directly, which is safe
-        because the loop writes nothing for this connection until the thread queues more.
+        ``count`` is how many body bytes the thread will write with ``os.sendfile``: the thread
+        then writes to the socket directly, which is safe because the loop writes nothing for
+        this connection until the thread queues more.
 
         Returns a duplicate of ``sock_fd``, which the caller writes to and closes. The loop closes
         its descriptor when the connection is lost, and the next accepted connection may get the
@@ -131,8 +154,7 @@ class ResponseStream:
         its descriptor only after ``close()`` here, so it is this connection's socket; and it
         stays so (writes to it just fail) whatever the loop does meanwhile.
         """
-        cond = self._cond
-        with cond:
+        with self._lock:
             if self._closed:
                 raise ClientDisconnected("client disconnected")
             self._handoff = count
@@ -141,9 +163,9 @@ class ResponseStream:
             self._scheduled = True
         if wake:
             self._loop.call_soon_threadsafe(self.on_ready)
-        with cond:
+        with self._lock:
             while not self._granted and not self._closed:
-                cond.wait()
+                self._wait()
             if self._closed:
                 raise ClientDisconnected("client disconnected")
             return os.dup(sock_fd)
@@ -154,7 +176,7 @@ class ResponseStream:
         self,
     ) -> tuple[Head | None, list[bytes], int, bool, bool]:
         """Hand the pending batch to the loop: (head, chunks, handoff bytes, end, abort)."""
-        with self._cond:
+        with self._lock:
             head, chunks, handoff = self._head, self._chunks, self._handoff
             end, abort = self._end, self._abort
             self._head = None
@@ -163,34 +185,34 @@ class ResponseStream:
             self._end = self._abort = False
             self._scheduled = False
             if self._queued > self._high:
-                self._cond.notify_all()
+                self._wake()
             self._queued = 0
         return head, chunks, handoff, end, abort
 
     def grant(self) -> None:
         """The transport's buffer is empty: the waiting thread may write to the socket."""
-        with self._cond:
+        with self._lock:
             self._granted = True
-            self._cond.notify_all()
+            self._wake()
 
     def pause(self) -> None:
         """The transport's buffer passed the high watermark (``pause_writing``)."""
-        with self._cond:
+        with self._lock:
             self._paused = True
 
     def resume(self) -> None:
         """The transport's buffer fell to the low watermark (``resume_writing``)."""
-        with self._cond:
+        with self._lock:
             self._paused = False
-            self._cond.notify_all()
+            self._wake()
 
     def close(self) -> None:
         """The connection is gone: wake any blocked app thread with ``ClientDisconnected``."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._chunks = []
             self._queued = 0
-            self._cond.notify_all()
+            self._wake()
 
     @property
     def closed(self) -> bool:

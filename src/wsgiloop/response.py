@@ -196,9 +196,23 @@ def encode_chunk(data: bytes) -> list[bytes]:
     return [b"%x\r\n" % len(data), data, b"\r\n"]
 
 
+#: Status line → (code, reason), for the few statuses an app uses over and over.
+_STATUSES_SEEN: dict[str, tuple[int, bytes]] = {}
+_STATUSES_SEEN_MAX = 64
+
+
 def _parse_status(status: str) -> tuple[int, bytes]:
     if type(status) is not str:
         raise TypeError(f"status must be a str, got {type(status).__name__}")
+    parsed = _STATUSES_SEEN.get(status)
+    if parsed is None:
+        parsed = _check_status(status)
+        if len(_STATUSES_SEEN) < _STATUSES_SEEN_MAX:
+            _STATUSES_SEEN[status] = parsed
+    return parsed
+
+
+def _check_status(status: str) -> tuple[int, bytes]:
     code, _, reason = status.partition(" ")
     if len(code) != 3 or not _DIGITS.issuperset(code) or code[0] == "0":
         raise ValueError(f"invalid status {status!r}: expected e.g. '200 OK'")
