@@ -138,7 +138,7 @@ def test_unsupported_transfer_coding_is_refused(serve, error_log, coding, expect
     assert_no_traceback(error_log)
 
 
-def test_broken_chunked_body_while_the_app_reads_it_closes(serve, error_log):
+def test_broken_chunked_body_while_the_app_reads_it_gets_400_and_close(serve, error_log):
     server = serve(echo)
     sock = server.connect()
     sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
@@ -146,7 +146,9 @@ def test_broken_chunked_body_while_the_app_reads_it_closes(serve, error_log):
     sock.sendall(b"not-hex\r\n\r\n")
     raw = recv_until_closed(sock)
     sock.close()
-    assert not raw.startswith(b"HTTP/1.1 200")  # never a response built on a half body
+    # The app, blocked in read(), is abandoned (never a response built on a half body); the
+    # client gets the 400 since no response head went out yet.
+    assert raw.startswith(b"HTTP/1.1 400 "), raw[:80]
     assert_no_traceback(error_log)
 
 
@@ -540,3 +542,15 @@ def test_a_closed_connection_is_freed_without_the_cyclic_gc(serve, ending):
         assert protocols() == 0, "the closed connection is only reachable through a cycle"
     finally:
         gc.enable()
+
+
+def test_connect_gets_501_without_calling_the_app(serve, error_log):
+    """A WSGI app cannot open a tunnel: a 2xx from it would be a lie the client acts on."""
+    app, calls = counting(hello)
+    server = serve(app)
+    status, head, _ = error_exchange(
+        server, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    )
+    assert status == 501
+    assert calls == []
+    assert_no_traceback(error_log)

@@ -299,6 +299,10 @@ class HttpProtocol(asyncio.Protocol):
         if request.http_version not in (b"1.1", b"1.0"):
             self._client_error(505, "unsupported HTTP version")
             return
+        if request.method == b"CONNECT":
+            # A tunnel is beyond WSGI: any 2xx an app gave would be a lie (RFC 9110 9.3.6).
+            self._client_error(501, "CONNECT is not supported")
+            return
         if len(request.headers) > config.limit_request_fields:
             self._client_error(431, "too many header fields")
             return
