@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -203,16 +204,21 @@ class RequestBody:
     The loop calls ``feed``/``feed_eof``/``close`` and checks ``wants_data``; the app thread reads
     through ``wsgi.input`` (``InputStream``). ``request_more`` is the loop callback that resumes
     reading; it is scheduled from the app thread only when the loop actually stopped feeding.
+
+    The buffer is a queue of the chunks h11 hands over, kept as they are: a read copies each byte
+    once, into the ``bytes`` it returns, and no buffer is ever compacted or regrown.
     """
 
     __slots__ = (
-        "_buffer",
+        "_buffered",
+        "_chunks",
         "_closed",
         "_cond",
         "_eof",
         "_limit",
         "_loop",
         "_max_size",
+        "_offset",
         "_received",
         "_stalled",
         "expect_continue",
@@ -232,7 +238,9 @@ class RequestBody:
         self.request_more = request_more
         self.on_first_read = on_first_read
         self._cond = threading.Condition(threading.Lock())
-        self._buffer = bytearray()
+        self._chunks: deque[bytes | bytearray] = deque()
+        self._offset = 0  # bytes of _chunks[0] already read
+        self._buffered = 0  # bytes in _chunks not yet read
         self._eof = True
         self._closed = False
         self._stalled = False
@@ -243,7 +251,7 @@ class RequestBody:
     def reset(self, has_body: bool, expect_continue: bool, max_size: int) -> None:
         """Start a new request (loop side)."""
         with self._cond:
-            self._buffer.clear()
+            self._drop()
             self._eof = not has_body
             self._closed = False
             self._stalled = False
@@ -251,12 +259,20 @@ class RequestBody:
             self._max_size = max_size
             self.expect_continue = expect_continue
 
+    def _drop(self) -> None:
+        self._chunks.clear()
+        self._offset = self._buffered = 0
+
     # -- loop side ---------------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
+        """Queue ``data``, which the caller must not change afterwards (h11's ``Data`` is new)."""
+        if not data:
+            return
         with self._cond:
             self._received += len(data)
-            self._buffer += data
+            self._buffered += len(data)
+            self._chunks.append(data)
             self._cond.notify()
 
     def feed_eof(self) -> None:
@@ -268,19 +284,24 @@ class RequestBody:
         """The connection is gone or the request was abandoned: readers get ClientDisconnected."""
         with self._cond:
             self._closed = True
-            self._buffer.clear()
+            self._drop()
             self._cond.notify()
 
     def wants_data(self) -> bool:
         """Whether the loop may feed more; if not, note that the app must wake the loop."""
-        if len(self._buffer) < self._limit:
+        if self._buffered < self._limit:
             return True
         with self._cond:
             # Re-check under the lock: the app may have drained the buffer meanwhile.
-            if len(self._buffer) < self._limit:
+            if self._buffered < self._limit:
                 return True
             self._stalled = True
             return False
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes fed and not yet read by the app."""
+        return self._buffered
 
     @property
     def received(self) -> int:
@@ -292,26 +313,61 @@ class RequestBody:
 
     # -- app thread side ---------------------------------------------------------------------
 
+    def _find_newline(self, stop: int) -> int:
+        """Offset (in the buffered bytes) of the first newline before ``stop``, or -1."""
+        base = 0
+        start = self._offset
+        for chunk in self._chunks:
+            end = min(len(chunk), start + stop - base)
+            i = chunk.find(b"\n", start, end)
+            if i != -1:
+                return base + i - start
+            base += end - start
+            if base >= stop:
+                break
+            start = 0
+        return -1
+
+    def _pop(self, n: int, out: list[memoryview | bytes | bytearray]) -> None:
+        """Move the first ``n`` buffered bytes to ``out``, as views: no copy yet."""
+        chunks = self._chunks
+        self._buffered -= n
+        while n:
+            chunk = chunks[0]
+            start = self._offset
+            left = len(chunk) - start
+            if n >= left:
+                chunks.popleft()
+                self._offset = 0
+                out.append(chunk if not start else memoryview(chunk)[start:])
+                n -= left
+            else:
+                out.append(memoryview(chunk)[start : start + n])
+                self._offset = start + n
+                return
+
     def _take(self, size: int, line: bool) -> bytes:
         """``size`` bytes (-1: to EOF) or up to and including a newline; short only at EOF.
 
         Blocks until satisfied. Whatever is buffered is moved out as it waits, so a read larger
-        than the buffer limit still drains the socket instead of deadlocking.
+        than the buffer limit still drains the socket instead of deadlocking. The bytes are
+        copied once, outside the lock, so the loop can feed meanwhile.
         """
         if self.expect_continue:
             self.expect_continue = False
             self._loop.call_soon_threadsafe(self.on_first_read)
         cond = self._cond
-        buf = self._buffer
-        parts: list[bytes] = []
+        parts: list[memoryview | bytes | bytearray] = []
         want = size
         with cond:
             while True:
                 if self._received > self._max_size:
                     raise BodyTooLarge(f"request body larger than {self._max_size} bytes")
-                avail = len(buf)
+                avail = self._buffered
                 done = True
-                newline = buf.find(b"\n", 0, want if want >= 0 else None) if line else -1
+                newline = -1
+                if line and avail:
+                    newline = self._find_newline(want if 0 <= want < avail else avail)
                 if newline != -1:
                     n = newline + 1
                 elif 0 <= want <= avail:
@@ -321,11 +377,12 @@ class RequestBody:
                 else:
                     n, done = avail, False
                 if n:
-                    parts.append(bytes(buf[:n]))
-                    del buf[:n]
+                    self._pop(n, parts)
                     if want > 0:
                         want -= n
-                if self._stalled and len(buf) <= self._limit // 2:
+                if self._stalled and self._buffered < self._limit:
+                    # The loop stopped feeding at the limit: resume as soon as there is room,
+                    # since the wait for a loop wake-up costs more than the bytes it lets in.
                     self._stalled = False
                     self._loop.call_soon_threadsafe(self.request_more)
                 if done:
@@ -334,7 +391,8 @@ class RequestBody:
             if self._closed and not self._eof:
                 raise ClientDisconnected("client disconnected while sending the body")
         if len(parts) == 1:
-            return parts[0]
+            part = parts[0]
+            return part if type(part) is bytes else bytes(part)
         return b"".join(parts)
 
 
