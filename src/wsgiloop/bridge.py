@@ -380,9 +380,8 @@ class RequestBody:
                     self._pop(n, parts)
                     if want > 0:
                         want -= n
-                if self._stalled and self._buffered < self._limit:
-                    # The loop stopped feeding at the limit: resume as soon as there is room,
-                    # since the wait for a loop wake-up costs more than the bytes it lets in.
+                if self._stalled and self._buffered <= self._limit // 2:
+                    # Hysteresis: a loop wake-up per small read would cost more than it lets in.
                     self._stalled = False
                     self._loop.call_soon_threadsafe(self.request_more)
                 if done:
