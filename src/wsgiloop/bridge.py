@@ -14,10 +14,12 @@ Response (app thread → loop)
     client's speed.
 
 Request body (loop → app thread)
-    The loop feeds body bytes into a buffer bounded by ``limit``; when it is full the protocol
-    stops pulling events from h11 and pauses reading the socket. As ``wsgi.input`` drains the
-    buffer below half the limit, the reading thread asks the loop (one hop) to resume. Nothing is
-    read ahead of the app beyond ``limit`` plus one socket read.
+    The loop queues h11's body chunks as they are (no copy) while fewer than ``limit`` bytes are
+    queued; once there are more the protocol stops pulling events from h11 and pauses reading
+    the socket. A ``wsgi.input`` read slices what it needs across the chunks and copies it once,
+    outside the lock, into the ``bytes`` it returns. As reads drain the queue to half the limit,
+    the reading thread asks the loop (one hop) to resume: the hysteresis keeps a slow reader from
+    costing a hop per read. Nothing is read ahead of the app beyond ``limit`` plus one socket read.
 """
 
 from __future__ import annotations
