@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
+from . import receive
 from .bridge import InputStream, RequestBody, ResponseStream
 from .environ import connection_environ, request_environ
 from .logs import error_log
@@ -117,6 +118,7 @@ class HttpProtocol(asyncio.Protocol):
         config = state.config
         state.connections.add(self)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        receive.install(self.conn)  # body bytes pass through h11 without copies
         self.transport.set_write_buffer_limits(  # type: ignore[union-attr]
             config.write_buffer_high, config.write_buffer_low
         )
