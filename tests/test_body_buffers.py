@@ -7,15 +7,18 @@ the same bytes and events, split however the reads fall.
 
 from __future__ import annotations
 
+import gc
 import itertools
+import os
 import threading
+import time
 from typing import Any
 
 import h11
 import pytest
 
 from wsgiloop import receive
-from wsgiloop.bridge import BodyTooLarge, InputStream, RequestBody
+from wsgiloop.bridge import BodyTooLarge, ClientDisconnected, InputStream, RequestBody
 
 
 class Loop:
@@ -198,3 +201,51 @@ def test_passthrough_buffer_hands_a_whole_read_through_uncopied():
     assert type(event) is h11.Data and event.data == b"y" * 1000
     assert type(conn.next_event()) is h11.EndOfMessage
     assert conn.trailing_data == (b"y" * 500, False)
+
+
+def test_close_wakes_a_blocked_reader_with_client_disconnected():
+    body, stream, _ = make_body([b"partial"], eof=False)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            stream.read()
+        except ClientDisconnected as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    while not body._waiters:  # the reader is blocked
+        time.sleep(0.01)
+    body.close()
+    reader.join(30)
+    assert len(errors) == 1
+
+
+def test_a_reader_threads_wakeup_pipe_is_closed_with_the_thread():
+    body, stream, _ = make_body([], eof=False)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(stream.read()))
+    reader.start()
+    while not body._waiters:  # the reader is blocked on its pipe
+        time.sleep(0.01)
+    pipe = body._waiters[0]
+    fds = {fd: os.fstat(fd).st_ino for fd in (pipe.r, pipe.w)}
+    del pipe
+    body.feed(b"late")
+    body.feed_eof()
+    reader.join(30)
+    assert got == [b"late"]
+
+    def is_open(fd: int, inode: int) -> bool:
+        try:
+            return os.fstat(fd).st_ino == inode
+        except OSError:
+            return False
+
+    # The thread's locals go some time after join() returns: wait (bounded) for them.
+    deadline = time.monotonic() + 10
+    while any(is_open(*item) for item in fds.items()) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert not any(is_open(*item) for item in fds.items())
