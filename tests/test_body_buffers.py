@@ -19,6 +19,7 @@ import pytest
 
 from wsgiloop import receive
 from wsgiloop.bridge import BodyTooLarge, ClientDisconnected, InputStream, RequestBody
+from wsgiloop.pool import ThreadPool
 
 
 class Loop:
@@ -222,30 +223,48 @@ def test_close_wakes_a_blocked_reader_with_client_disconnected():
     assert len(errors) == 1
 
 
-def test_a_reader_threads_wakeup_pipe_is_closed_with_the_thread():
-    body, stream, _ = make_body([], eof=False)
-    got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(stream.read()))
-    reader.start()
-    while not body._waiters:  # the reader is blocked on its pipe
+def _is_open(fd: int, inode: int) -> bool:
+    try:
+        return os.fstat(fd).st_ino == inode
+    except OSError:
+        return False
+
+
+def _blocked_reader_pipe(body: RequestBody) -> dict[int, int]:
+    """Once a reader blocks on ``body``: its pipe's descriptors and their inodes."""
+    while not body._waiters:
         time.sleep(0.01)
     pipe = body._waiters[0]
-    fds = {fd: os.fstat(fd).st_ino for fd in (pipe.r, pipe.w)}
-    del pipe
+    return {fd: os.fstat(fd).st_ino for fd in (pipe.r, pipe.w)}
+
+
+@pytest.mark.parametrize("where", ["thread", "pool job"])
+def test_a_readers_wakeup_pipe_is_closed_when_its_job_or_thread_ends(where):
+    body, stream, _ = make_body([], eof=False)
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def job(_: object) -> None:
+        got.append(stream.read())
+        done.set()
+
+    if where == "thread":
+        runner = threading.Thread(target=job, args=(None,))
+        runner.start()
+    else:
+        pool = ThreadPool(1)
+        pool.submit(job, None)
+    fds = _blocked_reader_pipe(body)
     body.feed(b"late")
     body.feed_eof()
-    reader.join(30)
+    assert done.wait(30)
     assert got == [b"late"]
-
-    def is_open(fd: int, inode: int) -> bool:
-        try:
-            return os.fstat(fd).st_ino == inode
-        except OSError:
-            return False
-
-    # The thread's locals go some time after join() returns: wait (bounded) for them.
+    # The pipe goes when the pool thread finishes the job, or with the thread's locals (some
+    # time after join()): wait for that, boundedly.
     deadline = time.monotonic() + 10
-    while any(is_open(*item) for item in fds.items()) and time.monotonic() < deadline:
+    while any(_is_open(*item) for item in fds.items()) and time.monotonic() < deadline:
         gc.collect()
         time.sleep(0.01)
-    assert not any(is_open(*item) for item in fds.items())
+    assert not any(_is_open(*item) for item in fds.items())
+    if where == "pool job":
+        pool.shutdown(10)

@@ -209,8 +209,9 @@ class _Wakeup:
     Python releases the GIL around both calls: the poke wakes the reader while the loop does not
     hold the GIL, so the reader runs at once. A ``threading.Condition`` wakes it with the GIL
     held: the reader preempts the loop, finds the GIL taken and sleeps again, which made three
-    times as many context switches per body chunk. One pipe per thread (made on its first wait),
-    not per connection.
+    times as many context switches per body chunk. A thread makes its pipe on its first wait in
+    a job and drops it when the job ends (``release_wakeup``): no descriptors per connection, none
+    held by idle threads. It is closed with its last reference, so never while the loop pokes it.
     """
 
     __slots__ = ("r", "w")
@@ -240,6 +241,14 @@ def _wakeup() -> _Wakeup:
     except AttributeError:
         wakeup = _thread_local.wakeup = _Wakeup()
         return wakeup
+
+
+def release_wakeup() -> None:
+    """Drop this thread's ``_Wakeup``, if any (the pool calls this after each job)."""
+    try:
+        del _thread_local.wakeup
+    except AttributeError:
+        pass
 
 
 class RequestBody:
