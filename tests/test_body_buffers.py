@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import itertools
 import os
+import random
 import threading
 import time
 from typing import Any
@@ -63,9 +64,33 @@ def test_read_sizes_and_types():
 
 
 def test_whole_bytes_chunk_is_handed_out_uncopied():
-    chunk = bytes(range(256)) * 4
+    chunk = bytes(range(256)) * 256
     _, stream, _ = make_body([chunk])
     assert stream.read(len(chunk)) is chunk
+
+
+def test_tiny_chunks_are_coalesced_so_the_limit_bounds_memory():
+    """A chunked body in 1-byte chunks: one object per byte would hold ~70 bytes per byte."""
+    body, stream, _ = make_body([b"x"] * 100_000)
+    assert len(body._chunks) <= 2
+    assert stream.read() == b"x" * 100_000
+
+
+def test_interleaved_feeds_and_reads_of_mixed_sizes_keep_the_bytes_in_order():
+    rng = random.Random(7)
+    body, stream, _ = make_body([], eof=False)
+    fed = bytearray()
+    got = bytearray()
+    for i in range(3000):
+        size = rng.choice([1, 7, 100, 4095, 4096, 20_000, 70_000])
+        chunk = bytes([i % 251]) * size
+        body.feed(chunk if i % 3 else bytearray(chunk))
+        fed += chunk
+        while body.buffered and rng.random() < 0.6:
+            got += stream.read(rng.randint(1, body.buffered))
+    body.feed_eof()
+    got += stream.read()
+    assert got == fed
 
 
 def test_readline_across_chunk_boundaries():
@@ -74,6 +99,16 @@ def test_readline_across_chunk_boundaries():
     assert stream.readline(1) == b"d"
     assert stream.readline() == b"ef\n"
     assert list(stream) == [b"gh\n", b"\n", b"tail"]
+
+
+def test_readline_across_large_chunks():
+    """Chunks big enough to be queued as they are: the newline search crosses them."""
+    a, b, c = b"a" * 5000, b"b" * 5000 + b"\n" + b"c" * 4999, b"\n" + b"d" * 8000
+    _, stream, _ = make_body([a, b, c])
+    assert stream.readline() == a + b"b" * 5000 + b"\n"
+    assert stream.readline(4000) == b"c" * 4000
+    assert stream.readline() == b"c" * 999 + b"\n"
+    assert stream.readline() == b"d" * 8000
 
 
 def test_readline_limit_stops_before_a_later_newline():

@@ -251,6 +251,11 @@ def release_wakeup() -> None:
         pass
 
 
+#: Body chunks smaller than this are appended to a ``bytearray`` of up to ``_TAIL`` bytes.
+_SMALL = 4096
+_TAIL = 64 * 1024
+
+
 class RequestBody:
     """Loop → thread request body for one connection, with read backpressure.
 
@@ -259,7 +264,9 @@ class RequestBody:
     reading; it is scheduled from the app thread only when the loop actually stopped feeding.
 
     The buffer is a queue of the chunks h11 hands over, kept as they are: a read copies each byte
-    once, into the ``bytes`` it returns, and no buffer is ever compacted or regrown.
+    once, into the ``bytes`` it returns, and no buffer is ever compacted or regrown. Small chunks
+    (a chunked body can come in 1-byte chunks) are appended to a ``bytearray`` at the tail
+    instead, so per-object overhead cannot multiply what ``limit`` holds.
     """
 
     __slots__ = (
@@ -274,6 +281,7 @@ class RequestBody:
         "_offset",
         "_received",
         "_stalled",
+        "_tail",
         "_waiters",
         "expect_continue",
         "on_first_read",
@@ -294,6 +302,7 @@ class RequestBody:
         self._lock = threading.Lock()
         self._waiters: list[_Wakeup] = []  # readers blocked for more (normally at most one)
         self._chunks: deque[bytes | bytearray] = deque()
+        self._tail: bytearray | None = None  # _chunks[-1], if small chunks may be appended
         self._offset = 0  # bytes of _chunks[0] already read
         self._buffered = 0  # bytes in _chunks not yet read
         self._eof = True
@@ -316,6 +325,7 @@ class RequestBody:
 
     def _drop(self) -> None:
         self._chunks.clear()
+        self._tail = None
         self._offset = self._buffered = 0
 
     def _woken(self) -> list[_Wakeup]:
@@ -329,12 +339,20 @@ class RequestBody:
 
     def feed(self, data: bytes | bytearray) -> None:
         """Queue ``data``, which the caller must not change afterwards (h11's ``Data`` is new)."""
-        if not data:
+        n = len(data)
+        if not n:
             return
         with self._lock:
-            self._received += len(data)
-            self._buffered += len(data)
-            self._chunks.append(data)
+            self._received += n
+            self._buffered += n
+            if n >= _SMALL:
+                self._chunks.append(data)
+                self._tail = None
+            elif self._tail is not None and len(self._tail) < _TAIL:
+                self._tail += data
+            else:
+                self._tail = bytearray(data)
+                self._chunks.append(self._tail)
             waiters = self._woken()
         for waiter in waiters:
             waiter.poke()
@@ -402,6 +420,8 @@ class RequestBody:
         self._buffered -= n
         while n:
             chunk = chunks[0]
+            if chunk is self._tail:
+                self._tail = None  # a reader's view of it may be alive: no more appends
             start = self._offset
             left = len(chunk) - start
             if n >= left:
