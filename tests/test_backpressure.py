@@ -230,7 +230,7 @@ def test_app_that_reads_slowly_bounds_how_much_body_the_server_reads_ahead(serve
         proto = the_connection(server)
         fed = proto.body.received  # handed to wsgi.input's buffer
         in_h11 = len(proto.conn.trailing_data[0])  # read from the socket, not yet parsed
-        buffered = len(proto.body._buffer)
+        buffered = proto.body.buffered
         server_rcvbuf = sockopt(proto.transport.get_extra_info("socket"), socket.SO_RCVBUF)
         client_sndbuf = sockopt(sock, socket.SO_SNDBUF)
         # The loop feeds while the buffer is below body_buffer, one socket read at a time, and

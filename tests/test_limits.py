@@ -548,7 +548,7 @@ def test_connect_gets_501_without_calling_the_app(serve, error_log):
     """A WSGI app cannot open a tunnel: a 2xx from it would be a lie the client acts on."""
     app, calls = counting(hello)
     server = serve(app)
-    status, head, _ = error_exchange(
+    status, _, _ = error_exchange(
         server, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
     )
     assert status == 501

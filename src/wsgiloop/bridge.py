@@ -14,18 +14,24 @@ Response (app thread → loop)
     client's speed.
 
 Request body (loop → app thread)
-    The loop feeds body bytes into a buffer bounded by ``limit``; when it is full the protocol
-    stops pulling events from h11 and pauses reading the socket. As ``wsgi.input`` drains the
-    buffer below half the limit, the reading thread asks the loop (one hop) to resume. Nothing is
-    read ahead of the app beyond ``limit`` plus one socket read.
+    The loop queues h11's body chunks as they are (no copy) while fewer than ``limit`` bytes are
+    queued; once there are more the protocol stops pulling events from h11 and pauses reading
+    the socket. A ``wsgi.input`` read slices what it needs across the chunks and copies it once,
+    outside the lock, into the ``bytes`` it returns. A reader that finds too little blocks on its
+    thread's pipe, which the loop pokes with the GIL released (``_Wakeup``: a
+    ``threading.Condition`` costs three times the context switches per chunk). As reads drain
+    the queue to half the limit, the reading thread asks the loop (one hop) to resume: the
+    hysteresis keeps a slow reader from costing a hop per read. Nothing is read ahead of the app
+    beyond ``limit`` plus one socket read.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import asyncio
@@ -219,24 +225,86 @@ class ResponseStream:
         return self._closed
 
 
+class _Wakeup:
+    """A pipe one app thread blocks on (``os.read``) until the loop pokes it (``os.write``).
+
+    Python releases the GIL around both calls: the poke wakes the reader while the loop does not
+    hold the GIL, so the reader runs at once. A ``threading.Condition`` wakes it with the GIL
+    held: the reader preempts the loop, finds the GIL taken and sleeps again, which made three
+    times as many context switches per body chunk. A thread makes its pipe on its first wait in
+    a job and drops it when the job ends (``release_wakeup``): no descriptors per connection, none
+    held by idle threads. It is closed with its last reference, so never while the loop pokes it.
+    """
+
+    __slots__ = ("r", "w")
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.w, False)
+
+    def __del__(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+    def poke(self) -> None:
+        try:
+            os.write(self.w, b"\0")
+        except BlockingIOError:  # only a pipe full of stray pokes: the reader wakes anyway
+            pass
+
+
+_thread_local = threading.local()
+
+
+def _wakeup() -> _Wakeup:
+    """This thread's ``_Wakeup``."""
+    try:
+        return cast(_Wakeup, _thread_local.wakeup)
+    except AttributeError:
+        wakeup = _thread_local.wakeup = _Wakeup()
+        return wakeup
+
+
+def release_wakeup() -> None:
+    """Drop this thread's ``_Wakeup``, if any (the pool calls this after each job)."""
+    try:
+        del _thread_local.wakeup
+    except AttributeError:
+        pass
+
+
+#: Body chunks smaller than this are appended to a ``bytearray`` of up to ``_TAIL`` bytes.
+_SMALL = 4096
+_TAIL = 64 * 1024
+
+
 class RequestBody:
     """Loop → thread request body for one connection, with read backpressure.
 
     The loop calls ``feed``/``feed_eof``/``close`` and checks ``wants_data``; the app thread reads
     through ``wsgi.input`` (``InputStream``). ``request_more`` is the loop callback that resumes
     reading; it is scheduled from the app thread only when the loop actually stopped feeding.
+
+    The buffer is a queue of the chunks h11 hands over, kept as they are: a read copies each byte
+    once, into the ``bytes`` it returns, and no buffer is ever compacted or regrown. Small chunks
+    (a chunked body can come in 1-byte chunks) are appended to a ``bytearray`` at the tail
+    instead, so per-object overhead cannot multiply what ``limit`` holds.
     """
 
     __slots__ = (
-        "_buffer",
+        "_buffered",
+        "_chunks",
         "_closed",
-        "_cond",
         "_eof",
         "_limit",
+        "_lock",
         "_loop",
         "_max_size",
+        "_offset",
         "_received",
         "_stalled",
+        "_tail",
+        "_waiters",
         "expect_continue",
         "on_first_read",
         "request_more",
@@ -253,8 +321,12 @@ class RequestBody:
         self._limit = limit
         self.request_more = request_more
         self.on_first_read = on_first_read
-        self._cond = threading.Condition(threading.Lock())
-        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self._waiters: list[_Wakeup] = []  # readers blocked for more (normally at most one)
+        self._chunks: deque[bytes | bytearray] = deque()
+        self._tail: bytearray | None = None  # _chunks[-1], if small chunks may be appended
+        self._offset = 0  # bytes of _chunks[0] already read
+        self._buffered = 0  # bytes in _chunks not yet read
         self._eof = True
         self._closed = False
         self._stalled = False
@@ -264,8 +336,8 @@ class RequestBody:
 
     def reset(self, has_body: bool, expect_continue: bool, max_size: int) -> None:
         """Start a new request (loop side)."""
-        with self._cond:
-            self._buffer.clear()
+        with self._lock:
+            self._drop()
             self._eof = not has_body
             self._closed = False
             self._stalled = False
@@ -273,36 +345,71 @@ class RequestBody:
             self._max_size = max_size
             self.expect_continue = expect_continue
 
+    def _drop(self) -> None:
+        self._chunks.clear()
+        self._tail = None
+        self._offset = self._buffered = 0
+
+    def _woken(self) -> list[_Wakeup]:
+        """Under the lock: the blocked readers, to poke once the lock is released."""
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+        return waiters
+
     # -- loop side ---------------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
-        with self._cond:
-            self._received += len(data)
-            self._buffer += data
-            self._cond.notify()
+    def feed(self, data: bytes | bytearray) -> None:
+        """Queue ``data``, which the caller must not change afterwards (h11's ``Data`` is new)."""
+        n = len(data)
+        if not n:
+            return
+        with self._lock:
+            self._received += n
+            self._buffered += n
+            if n >= _SMALL:
+                self._chunks.append(data)
+                self._tail = None
+            elif self._tail is not None and len(self._tail) < _TAIL:
+                self._tail += data
+            else:
+                self._tail = bytearray(data)
+                self._chunks.append(self._tail)
+            waiters = self._woken()
+        for waiter in waiters:
+            waiter.poke()
 
     def feed_eof(self) -> None:
-        with self._cond:
+        with self._lock:
             self._eof = True
-            self._cond.notify()
+            waiters = self._woken()
+        for waiter in waiters:
+            waiter.poke()
 
     def close(self) -> None:
         """The connection is gone or the request was abandoned: readers get ClientDisconnected."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._buffer.clear()
-            self._cond.notify()
+            self._drop()
+            waiters = self._woken()
+        for waiter in waiters:
+            waiter.poke()
 
     def wants_data(self) -> bool:
         """Whether the loop may feed more; if not, note that the app must wake the loop."""
-        if len(self._buffer) < self._limit:
+        if self._buffered < self._limit:
             return True
-        with self._cond:
+        with self._lock:
             # Re-check under the lock: the app may have drained the buffer meanwhile.
-            if len(self._buffer) < self._limit:
+            if self._buffered < self._limit:
                 return True
             self._stalled = True
             return False
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes fed and not yet read by the app."""
+        return self._buffered
 
     @property
     def received(self) -> int:
@@ -314,26 +421,63 @@ class RequestBody:
 
     # -- app thread side ---------------------------------------------------------------------
 
+    def _find_newline(self, stop: int) -> int:
+        """Offset (in the buffered bytes) of the first newline before ``stop``, or -1."""
+        base = 0
+        start = self._offset
+        for chunk in self._chunks:
+            end = min(len(chunk), start + stop - base)
+            i = chunk.find(b"\n", start, end)
+            if i != -1:
+                return base + i - start
+            base += end - start
+            if base >= stop:
+                break
+            start = 0
+        return -1
+
+    def _pop(self, n: int, out: list[memoryview | bytes | bytearray]) -> None:
+        """Move the first ``n`` buffered bytes to ``out``, as views: no copy yet."""
+        chunks = self._chunks
+        self._buffered -= n
+        while n:
+            chunk = chunks[0]
+            if chunk is self._tail:
+                self._tail = None  # a reader's view of it may be alive: no more appends
+            start = self._offset
+            left = len(chunk) - start
+            if n >= left:
+                chunks.popleft()
+                self._offset = 0
+                out.append(chunk if not start else memoryview(chunk)[start:])
+                n -= left
+            else:
+                out.append(memoryview(chunk)[start : start + n])
+                self._offset = start + n
+                return
+
     def _take(self, size: int, line: bool) -> bytes:
         """``size`` bytes (-1: to EOF) or up to and including a newline; short only at EOF.
 
         Blocks until satisfied. Whatever is buffered is moved out as it waits, so a read larger
-        than the buffer limit still drains the socket instead of deadlocking.
+        than the buffer limit still drains the socket instead of deadlocking. The bytes are
+        copied once, outside the lock, so the loop can feed meanwhile.
         """
         if self.expect_continue:
             self.expect_continue = False
             self._loop.call_soon_threadsafe(self.on_first_read)
-        cond = self._cond
-        buf = self._buffer
-        parts: list[bytes] = []
+        lock = self._lock
+        parts: list[memoryview | bytes | bytearray] = []
         want = size
-        with cond:
+        with lock:
             while True:
                 if self._received > self._max_size:
                     raise BodyTooLarge(f"request body larger than {self._max_size} bytes")
-                avail = len(buf)
+                avail = self._buffered
                 done = True
-                newline = buf.find(b"\n", 0, want if want >= 0 else None) if line else -1
+                newline = -1
+                if line and avail:
+                    newline = self._find_newline(want if 0 <= want < avail else avail)
                 if newline != -1:
                     n = newline + 1
                 elif 0 <= want <= avail:
@@ -343,20 +487,29 @@ class RequestBody:
                 else:
                     n, done = avail, False
                 if n:
-                    parts.append(bytes(buf[:n]))
-                    del buf[:n]
+                    self._pop(n, parts)
                     if want > 0:
                         want -= n
-                if self._stalled and len(buf) <= self._limit // 2:
+                if self._stalled and self._buffered <= self._limit // 2:
+                    # Hysteresis: a loop wake-up per small read would cost more than it lets in.
                     self._stalled = False
                     self._loop.call_soon_threadsafe(self.request_more)
                 if done:
                     break
-                cond.wait()
+                wakeup = _wakeup()
+                self._waiters.append(wakeup)
+                lock.release()
+                try:
+                    os.read(wakeup.r, 1)
+                finally:
+                    lock.acquire()
+                    if wakeup in self._waiters:  # a stray poke woke us: no longer waiting
+                        self._waiters.remove(wakeup)
             if self._closed and not self._eof:
                 raise ClientDisconnected("client disconnected while sending the body")
         if len(parts) == 1:
-            return parts[0]
+            part = parts[0]
+            return part if type(part) is bytes else bytes(part)
         return b"".join(parts)
 
 

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .bridge import release_wakeup
 from .logs import error_log
 
 Job = tuple[Callable[[Any], None], Any]
@@ -83,6 +84,7 @@ class ThreadPool:
                 fn(arg)
             except BaseException:  # the job handles app errors; this is a bug in wsgiloop
                 error_log.exception("Unhandled error in a pool thread")
+            release_wakeup()  # an idle thread holds no descriptor
             # An idle thread must not keep its last request (and so its connection) alive.
             del job, fn, arg
 
