@@ -2,7 +2,10 @@
 
 ``ResponseStream`` carries the response from an app thread to the event loop; ``RequestBody``
 carries the request body the other way. Both are per connection and reused across keep-alive
-requests, so a request allocates no locks.
+requests, so a request allocates no locks. An app thread that must wait (for the client to read,
+or to send more body) parks on its thread's pipe (``_Wakeup``), which the loop pokes with the GIL
+released: woken by a lock or a ``threading.Condition`` instead, the thread would preempt the loop
+only to find the GIL taken and sleep again (about 1.5x the context switches per 64 KiB chunk).
 
 Response (app thread → loop)
     The app thread appends to a pending batch under a lock and wakes the loop with
@@ -17,12 +20,11 @@ Request body (loop → app thread)
     The loop queues h11's body chunks as they are (no copy) while fewer than ``limit`` bytes are
     queued; once there are more the protocol stops pulling events from h11 and pauses reading
     the socket. A ``wsgi.input`` read slices what it needs across the chunks and copies it once,
-    outside the lock, into the ``bytes`` it returns. A reader that finds too little blocks on its
-    thread's pipe, which the loop pokes with the GIL released (``_Wakeup``: a
-    ``threading.Condition`` costs three times the context switches per chunk). As reads drain
-    the queue to half the limit, the reading thread asks the loop (one hop) to resume: the
-    hysteresis keeps a slow reader from costing a hop per read. Nothing is read ahead of the app
-    beyond ``limit`` plus one socket read.
+    outside the lock, into the ``bytes`` it returns. A reader that finds too little parks until
+    the loop feeds more (for a reader a Condition cost three times the context switches). As
+    reads drain the queue to half the limit, the reading thread asks the loop (one hop) to
+    resume: the hysteresis keeps a slow reader from costing a hop per read. Nothing is read
+    ahead of the app beyond ``limit`` plus one socket read.
 """
 
 from __future__ import annotations
@@ -47,13 +49,61 @@ class BodyTooLarge(ValueError):
     """The request body exceeded ``--max-body-size``; the server answers 413."""
 
 
+class _Wakeup:
+    """A pipe one app thread blocks on (``os.read``) until the loop pokes it (``os.write``).
+
+    Python releases the GIL around both calls: the poke wakes the reader while the loop does not
+    hold the GIL, so the reader runs at once. A ``threading.Condition`` wakes it with the GIL
+    held: the reader preempts the loop, finds the GIL taken and sleeps again, which made three
+    times as many context switches per body chunk. A thread makes its pipe on its first wait in
+    a job and drops it when the job ends (``release_wakeup``): no descriptors per connection, none
+    held by idle threads. It is closed with its last reference, so never while the loop pokes it.
+    """
+
+    __slots__ = ("r", "w")
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.w, False)
+
+    def __del__(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+    def poke(self) -> None:
+        try:
+            os.write(self.w, b"\0")
+        except BlockingIOError:  # only a pipe full of stray pokes: the reader wakes anyway
+            pass
+
+
+_thread_local = threading.local()
+
+
+def _wakeup() -> _Wakeup:
+    """This thread's ``_Wakeup``."""
+    try:
+        return cast(_Wakeup, _thread_local.wakeup)
+    except AttributeError:
+        wakeup = _thread_local.wakeup = _Wakeup()
+        return wakeup
+
+
+def release_wakeup() -> None:
+    """Drop this thread's ``_Wakeup``, if any (the pool calls this after each job)."""
+    try:
+        del _thread_local.wakeup
+    except AttributeError:
+        pass
+
+
 class ResponseStream:
     """Thread → loop byte stream for one connection, with write backpressure.
 
     Only one app thread ever writes to a stream (the one running the connection's request in
-    flight), so a blocked writer waits on a lock of its own, taken only when it must block,
-    instead of a ``threading.Condition``: a stream is made per connection, and a Condition
-    costs more to build than the rest of the connection's objects together.
+    flight), so a blocked writer parks on its thread's pipe (``_Wakeup``, as a blocked reader
+    of the body does) rather than on a ``threading.Condition``: the loop wakes it without holding
+    the GIL, and a stream, made per connection, needs no Condition built.
     """
 
     __slots__ = (
@@ -81,7 +131,7 @@ class ResponseStream:
         self.on_ready = on_ready  # runs on the loop: takes the batch and writes it
         self._high = high
         self._lock = threading.Lock()  # guards everything below
-        self._waiter: threading.Lock | None = None  # held while the app thread is blocked
+        self._waiter: _Wakeup | None = None  # the app thread's, while it is blocked
         self._head: Head | None = None
         self._chunks: list[bytes] = []
         self._end = False
@@ -94,22 +144,24 @@ class ResponseStream:
         self._closed = False
 
     def _wait(self) -> None:
-        """Block the app thread until ``_wake`` (called and returns with ``_lock`` held)."""
-        waiter = threading.Lock()
-        waiter.acquire()
-        self._waiter = waiter
+        """Block the app thread until poked (called and returns with ``_lock`` held).
+
+        The caller re-checks its condition: a poke meant for an earlier wait of the same thread
+        (on this stream or a request body) can end this one early.
+        """
+        wakeup = self._waiter = _wakeup()
         self._lock.release()
         try:
-            waiter.acquire()  # returns at once if _wake came between the two releases
+            os.read(wakeup.r, 1)
         finally:
             self._lock.acquire()
-
-    def _wake(self) -> None:
-        """Unblock the app thread, if it waits (called with ``_lock`` held)."""
-        waiter = self._waiter
-        if waiter is not None:
             self._waiter = None
-            waiter.release()
+
+    def _woken(self) -> _Wakeup | None:
+        """Under ``_lock``: the blocked app thread's wake-up, to poke once the lock is released."""
+        waiter = self._waiter
+        self._waiter = None
+        return waiter
 
     # -- app thread side -------------------------------------------------------------------
 
@@ -182,6 +234,7 @@ class ResponseStream:
         self,
     ) -> tuple[Head | None, list[bytes], int, bool, bool]:
         """Hand the pending batch to the loop: (head, chunks, handoff bytes, end, abort)."""
+        waiter = None
         with self._lock:
             head, chunks, handoff = self._head, self._chunks, self._handoff
             end, abort = self._end, self._abort
@@ -191,15 +244,19 @@ class ResponseStream:
             self._end = self._abort = False
             self._scheduled = False
             if self._queued > self._high:
-                self._wake()
+                waiter = self._woken()
             self._queued = 0
+        if waiter is not None:
+            waiter.poke()
         return head, chunks, handoff, end, abort
 
     def grant(self) -> None:
         """The transport's buffer is empty: the waiting thread may write to the socket."""
         with self._lock:
             self._granted = True
-            self._wake()
+            waiter = self._woken()
+        if waiter is not None:
+            waiter.poke()
 
     def pause(self) -> None:
         """The transport's buffer passed the high watermark (``pause_writing``)."""
@@ -210,7 +267,9 @@ class ResponseStream:
         """The transport's buffer fell to the low watermark (``resume_writing``)."""
         with self._lock:
             self._paused = False
-            self._wake()
+            waiter = self._woken()
+        if waiter is not None:
+            waiter.poke()
 
     def close(self) -> None:
         """The connection is gone: wake any blocked app thread with ``ClientDisconnected``."""
@@ -218,59 +277,13 @@ class ResponseStream:
             self._closed = True
             self._chunks = []
             self._queued = 0
-            self._wake()
+            waiter = self._woken()
+        if waiter is not None:
+            waiter.poke()
 
     @property
     def closed(self) -> bool:
         return self._closed
-
-
-class _Wakeup:
-    """A pipe one app thread blocks on (``os.read``) until the loop pokes it (``os.write``).
-
-    Python releases the GIL around both calls: the poke wakes the reader while the loop does not
-    hold the GIL, so the reader runs at once. A ``threading.Condition`` wakes it with the GIL
-    held: the reader preempts the loop, finds the GIL taken and sleeps again, which made three
-    times as many context switches per body chunk. A thread makes its pipe on its first wait in
-    a job and drops it when the job ends (``release_wakeup``): no descriptors per connection, none
-    held by idle threads. It is closed with its last reference, so never while the loop pokes it.
-    """
-
-    __slots__ = ("r", "w")
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-        os.set_blocking(self.w, False)
-
-    def __del__(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
-
-    def poke(self) -> None:
-        try:
-            os.write(self.w, b"\0")
-        except BlockingIOError:  # only a pipe full of stray pokes: the reader wakes anyway
-            pass
-
-
-_thread_local = threading.local()
-
-
-def _wakeup() -> _Wakeup:
-    """This thread's ``_Wakeup``."""
-    try:
-        return cast(_Wakeup, _thread_local.wakeup)
-    except AttributeError:
-        wakeup = _thread_local.wakeup = _Wakeup()
-        return wakeup
-
-
-def release_wakeup() -> None:
-    """Drop this thread's ``_Wakeup``, if any (the pool calls this after each job)."""
-    try:
-        del _thread_local.wakeup
-    except AttributeError:
-        pass
 
 
 #: Body chunks smaller than this are appended to a ``bytearray`` of up to ``_TAIL`` bytes.
