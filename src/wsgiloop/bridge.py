@@ -336,7 +336,8 @@ class RequestBody:
         self.on_first_read = on_first_read
         self._lock = threading.Lock()
         self._waiters: list[_Wakeup] = []  # readers blocked for more (normally at most one)
-        self._chunks: deque[bytes | bytearray] = deque()
+        # Made on the first body byte: a deque is 600-odd bytes, and most connections only GET.
+        self._chunks: deque[bytes | bytearray] | None = None
         self._tail: bytearray | None = None  # _chunks[-1], if small chunks may be appended
         self._offset = 0  # bytes of _chunks[0] already read
         self._buffered = 0  # bytes in _chunks not yet read
@@ -359,7 +360,8 @@ class RequestBody:
             self.expect_continue = expect_continue
 
     def _drop(self) -> None:
-        self._chunks.clear()
+        if self._chunks:
+            self._chunks.clear()
         self._tail = None
         self._offset = self._buffered = 0
 
@@ -380,14 +382,17 @@ class RequestBody:
         with self._lock:
             self._received += n
             self._buffered += n
+            chunks = self._chunks
+            if chunks is None:
+                chunks = self._chunks = deque()
             if n >= _SMALL:
-                self._chunks.append(data)
+                chunks.append(data)
                 self._tail = None
             elif self._tail is not None and len(self._tail) < _TAIL:
                 self._tail += data
             else:
                 self._tail = bytearray(data)
-                self._chunks.append(self._tail)
+                chunks.append(self._tail)
             waiters = self._woken()
         for waiter in waiters:
             waiter.poke()
@@ -438,6 +443,7 @@ class RequestBody:
         """Offset (in the buffered bytes) of the first newline before ``stop``, or -1."""
         base = 0
         start = self._offset
+        assert self._chunks is not None  # called only with bytes buffered
         for chunk in self._chunks:
             end = min(len(chunk), start + stop - base)
             i = chunk.find(b"\n", start, end)
@@ -452,6 +458,7 @@ class RequestBody:
     def _pop(self, n: int, out: list[memoryview | bytes | bytearray]) -> None:
         """Move the first ``n`` buffered bytes to ``out``, as views: no copy yet."""
         chunks = self._chunks
+        assert chunks is not None  # called only with bytes buffered
         self._buffered -= n
         while n:
             chunk = chunks[0]
