@@ -921,8 +921,10 @@ def _ratio(ours: Row | None, row: Row) -> str:
     return f"{ours.rps / row.rps:.2f}x"
 
 
-def _notes(row: Row) -> str:
+def _notes(row: Row, rounds: list[float] | None = None) -> str:
     parts: list[str] = []
+    if rounds is not None and len(rounds) > 1:
+        parts.append("rounds: " + ", ".join(f"{rps:,.0f}" for rps in rounds))
     if not row.ok:
         parts.append("FAILED: " + row.failure.splitlines()[0] if row.failure else "FAILED")
     if row.idle is not None:
@@ -937,7 +939,21 @@ def _notes(row: Row) -> str:
     return "; ".join(parts)
 
 
+def median_rows(rows: list[Row]) -> tuple[list[Row], dict[tuple[str, str], list[float]]]:
+    """One row per (workload, server), in first-seen order: the round with the median req/s
+    (a failed round counts as 0); and every round's req/s, for the notes."""
+    rounds: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        rounds.setdefault((row.workload, row.server), []).append(row)
+    picked = []
+    for group in rounds.values():
+        ranked = sorted(group, key=lambda r: r.rps if r.ok else 0.0)
+        picked.append(ranked[(len(ranked) - 1) // 2])  # the lower median of an even count
+    return picked, {k: [r.rps if r.ok else 0.0 for r in g] for k, g in rounds.items()}
+
+
 def markdown_table(rows: list[Row]) -> str:
+    rows, per_round = median_rows(rows)
     header = (
         "| workload | server | req/s | p50 | p99 | errors | peak RSS | wsgiloop ratio "
         "| other CPU | notes |\n"
@@ -951,7 +967,7 @@ def markdown_table(rows: list[Row]) -> str:
             f"| {row.workload} | {row.server} | {rps} | {_fmt_ms(row.p50_ms)} | "
             f"{_fmt_ms(row.p99_ms)} | {_fmt_errors(row)} | {_fmt_rss(row)} | "
             f"{_ratio(ours.get(row.workload), row)} | {_fmt_pct(row.other_cpu_percent)} | "
-            f"{_notes(row)} |"
+            f"{_notes(row, per_round[row.workload, row.server])} |"
         )
     return "\n".join(lines)
 
@@ -1015,6 +1031,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per row (default 10)")
     p.add_argument("--threads", type=int, default=8, help="app threads per server (default 8)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each (row, server) N times, alternating the order; the table shows the "
+        "round with the median req/s (default 1)",
+    )
     p.add_argument("--servers", help="comma list of servers: " + ",".join(s.name for s in SERVERS))
     p.add_argument("--workloads", help="comma list of rows (idle matches idle-N)")
     p.add_argument("--idle-conns", type=int, default=5000, help="idle row size (default 5000)")
@@ -1059,12 +1082,16 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _iter_plan(loads: list[Workload], servers: list[Server]) -> Iterator[tuple[Workload, Server]]:
+def _iter_plan(
+    loads: list[Workload], servers: list[Server], rounds: int = 1
+) -> Iterator[tuple[Workload, Server]]:
     # Row-major: all servers of one workload back to back, so a row's ratios are measured
-    # minutes, not a whole run, apart.
+    # minutes, not a whole run, apart. With several rounds the order alternates (forward, then
+    # backward), so a machine that drifts during a row favours no server.
     for load in loads:
-        for srv in servers:
-            yield load, srv
+        for r in range(rounds):
+            for srv in servers if r % 2 == 0 else servers[::-1]:
+                yield load, srv
 
 
 @dataclass
@@ -1166,8 +1193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts.servers and _split(opts.servers) != ["wsgiloop"]:
             raise SystemExit("--smoke runs wsgiloop only")
         opts.servers = "wsgiloop"
-    if opts.threads < 1 or opts.duration <= 0:
-        raise SystemExit("--threads and --duration must be positive")
+    if opts.smoke:
+        opts.rounds = 1
+    if opts.threads < 1 or opts.duration <= 0 or opts.rounds < 1:
+        raise SystemExit("--threads, --duration and --rounds must be positive")
     servers: list[Server] = _select(SERVERS, _split(opts.servers), "server", str)
     loads: list[Workload] = _select(
         workloads(opts.idle_conns), _split(opts.workloads), "workload", _idle_alias
@@ -1203,7 +1232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
         }
         rows, interrupted = run_all(
-            opts, list(_iter_plan(loads, servers)), setup, wrk, (Path(tmp), logs_dir)
+            opts,
+            list(_iter_plan(loads, servers, opts.rounds)),
+            setup,
+            wrk,
+            (Path(tmp), logs_dir),
         )
     if interrupted:
         meta["interrupted"] = True

@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from wsgiloop.bridge import BodyTooLarge, ClientDisconnected, InputStream, RequestBody
+from wsgiloop.bridge import (
+    EMPTY_INPUT,
+    BodyTooLarge,
+    ClientDisconnected,
+    InputStream,
+    RequestBody,
+)
 from wsgiloop.pool import ThreadPool
 
 
@@ -230,3 +236,13 @@ def test_a_readers_wakeup_pipe_is_closed_when_its_job_or_thread_ends(where):
     assert not any(_is_open(*item) for item in fds.items())
     if where == "pool job":
         pool.shutdown(10)
+
+
+def test_the_input_of_a_request_without_a_body_is_an_empty_file():
+    empty = EMPTY_INPUT
+    assert empty.read() == empty.read(10) == empty.read(None) == empty.read1() == b""
+    assert empty.readline() == empty.readline(5) == b""
+    assert empty.readlines() == list(empty) == []
+    assert empty.readable()
+    empty.close()
+    assert empty.read() == b""  # closing it by the app changes nothing for the next request

@@ -578,3 +578,34 @@ class InputStream:
 
     def close(self) -> None:
         """Apps may close ``wsgi.input``; the body belongs to the server, so this does nothing."""
+
+
+class EmptyInput:
+    """``wsgi.input`` of a request without a body: at EOF from the start, shared by all of them
+    (it has no state), so a GET costs no body bookkeeping."""
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def read1(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Apps may close ``wsgi.input``; this one has nothing to release."""
+
+
+EMPTY_INPUT = EmptyInput()

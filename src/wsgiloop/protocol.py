@@ -8,9 +8,11 @@ Life of a connection::
 
     idle ──bytes──▶ reading head ──Request──▶ exchange on a pool thread ──end──▶ idle
       ▲  (keep-alive timeout)   (header timeout)   (body fed with backpressure)      │
-      └──────────────────────── start_next_cycle (or discard unread body) ◀──────────┘
+      └──────────── next request: a fresh h11 parser (or discard unread body) ◀──────┘
 
-Pipelined requests stay in h11's buffer (reading pauses) until the response before them ends.
+h11 parses the requests; the responses it never sees (``response`` writes them). Pipelined
+requests stay in h11's buffer (reading pauses) until the response before them ends, then move
+to the next parser with ``trailing_data``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from .bridge import InputStream, RequestBody, ResponseStream
+from .bridge import EMPTY_INPUT, EmptyInput, InputStream, RequestBody, ResponseStream
 from .environ import connection_environ, request_environ
 from .logs import error_log
 from .proxy import apply_proxy_headers
@@ -354,14 +356,12 @@ class HttpProtocol(asyncio.Protocol):
         # Without a body there is nothing more to read for this request; h11's EndOfMessage for it
         # comes only if later bytes make _pump ask (the next request pipelined behind it).
         self.bodiless = bodiless = not te and not cl
-        self.body.reset(
-            not bodiless,
-            not bodiless and conn.they_are_waiting_for_100_continue,
-            config.max_body_size,
-        )
-        environ = request_environ(
-            self.base_environ, request, InputStream(self.body), config.root_path, fields
-        )
+        if bodiless:
+            wsgi_input: InputStream | EmptyInput = EMPTY_INPUT  # self.body is left as it is
+        else:
+            self.body.reset(True, conn.they_are_waiting_for_100_continue, config.max_body_size)
+            wsgi_input = InputStream(self.body)
+        environ = request_environ(self.base_environ, request, wsgi_input, config.root_path, fields)
         length = environ.get("CONTENT_LENGTH")
         if length is not None and int(length) > config.max_body_size:
             self._client_error(413, "request body too large")
@@ -528,7 +528,7 @@ class HttpProtocol(asyncio.Protocol):
         """
         config = self.state.config
         deadline = self.app_deadline or float("inf")
-        if self.reading and not self.body.complete and config.body_timeout:
+        if self.reading and not self.bodiless and not self.body.complete and config.body_timeout:
             deadline = min(deadline, self.body_seen + config.body_timeout)
         if self.write_paused and config.write_timeout:
             deadline = min(deadline, self.write_paused + config.write_timeout)

@@ -63,8 +63,8 @@ Chunk lines: a shadow validator, not a replacement reader
     - Replacing h11's reader (``conn._reader = StrictChunkedReader()`` after the ``Request``,
       a subclass of ``h11._readers.ChunkedReader``): no second pass over the lines, but it
       leans on three private h11 details (``Connection._reader``, the ``ReceiveBuffer`` methods
-      and the LocalProtocolError→RemoteProtocolError re-raise in ``next_event``) on top of the
-      ``_cstate`` the protocol already touches. The saving is one regex per chunk line, a few
+      and the LocalProtocolError→RemoteProtocolError re-raise in ``next_event``), where the
+      protocol uses h11's public API only. The saving is one regex per chunk line, a few
       hundred nanoseconds; not worth the coupling.
 """
 
