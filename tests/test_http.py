@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from apps import echo, hello
 from conftest import is_closed, recv_until_closed
 
@@ -736,3 +737,61 @@ def test_response_in_flight_finishes_at_graceful_stop(serve):
     assert "close" in resp.tokens("connection")
     assert w.closed()
     w.close()
+
+
+# -- Content-Length bodies, delimited by the server (protocol._delimit) -------------------------
+
+
+@pytest.mark.parametrize("length", ["0", "00", "000"])
+def test_zero_content_length_in_any_spelling_is_an_empty_body(serve, length):
+    server = serve(describe)
+    w = wire(server)
+    w.send(b"POST /z HTTP/1.1\r\nHost: t\r\nContent-Length: %s\r\n\r\n" % length.encode())
+    assert w.response().body == b"POST /z "
+    w.send(get("/next"))
+    assert w.response().body == b"GET /next "
+    w.close()
+
+
+@pytest.mark.parametrize("split", [1, 7, 30, 47, 60])
+def test_length_delimited_body_and_pipelined_requests_split_anywhere(serve, split):
+    """The body ends exactly at its length, however the reads fall: the bytes after it are the
+    next requests, answered in order once the one before them is done."""
+    server = serve(describe)
+    w = wire(server)
+    data = post("/a", b"0123456789" * 3) + post("/b", b"xy") + get("/c")
+    w.send(data[:split])
+    time.sleep(0.02)
+    w.send(data[split:])
+    assert [w.response().body for _ in range(3)] == [
+        b"POST /a " + b"0123456789" * 3,
+        b"POST /b xy",
+        b"GET /c ",
+    ]
+    w.close()
+
+
+def test_client_closing_mid_body_gets_400_and_the_app_sees_a_disconnect(serve):
+    seen: list[str] = []
+
+    def app(environ, start_response):
+        try:
+            environ["wsgi.input"].read()
+        except OSError as exc:
+            seen.append(type(exc).__name__)
+            raise
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    server = serve(app)
+    sock = server.connect()
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-part")
+    time.sleep(0.05)
+    sock.shutdown(socket.SHUT_WR)
+    raw = recv_until_closed(sock)
+    sock.close()
+    assert raw.startswith(b"HTTP/1.1 400 "), raw[:60]
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == ["ClientDisconnected"]

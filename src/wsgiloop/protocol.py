@@ -58,6 +58,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "app_deadline",
+        "awaiting_continue",
         "base_environ",
         "bodiless",
         "body",
@@ -65,6 +66,7 @@ class HttpProtocol(asyncio.Protocol):
         "conn",
         "continue_sent",
         "deadline",
+        "delimited",
         "discarded",
         "discarding",
         "draining",
@@ -75,6 +77,7 @@ class HttpProtocol(asyncio.Protocol):
         "http11",
         "idle",
         "keep_alive",
+        "length_left",
         "lingering",
         "loop",
         "reading",
@@ -103,6 +106,12 @@ class HttpProtocol(asyncio.Protocol):
         # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and h11's
         # EndOfMessage for it is left unasked for (see _on_request).
         self.bodiless = False
+        # A Content-Length body is delimited here rather than by h11 (see _body_bytes): whether
+        # this request's is, how many of its bytes are still to come, and whether the client
+        # still holds it back for a 100 Continue (h11 no longer sees the body to tell).
+        self.delimited = False
+        self.length_left = 0
+        self.awaiting_continue = False
         self.keep_alive = True
         self.responded = False
         self.continue_sent = False
@@ -185,6 +194,9 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return  # read only so that the close is no reset (see _linger)
+        if self.delimited:
+            self._body_bytes(data)
+            return
         if self.idle:
             self.idle = False
             self.deadline = self.loop.time() + self.state.config.header_timeout
@@ -210,7 +222,10 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.lingering:
             return False  # the client read our answer and is done: close
-        self.conn.receive_data(b"")
+        if self.delimited and self.length_left:
+            self._client_error(400, "peer closed the connection before the end of the body")
+            return False
+        self.conn.receive_data(b"")  # delimited: only noted, for the next parser's turn
         self._pump()
         # Keep the write side open while a response is still to be sent (half-close).
         return self.exchange is not None and not self.discarding
@@ -235,6 +250,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def _pump(self) -> None:
         """Pull events from h11 until it needs data or the app must catch up."""
+        if self.delimited:
+            return  # h11 holds the next request (if any) until this exchange ends
         conn = self.conn
         body = self.body
         while True:
@@ -266,10 +283,10 @@ class HttpProtocol(asyncio.Protocol):
                     self._arm()
             elif kind is _Request:
                 self._on_request(event)  # type: ignore[arg-type]
-                if self.exchange is None or self.bodiless:
+                if self.exchange is None or self.bodiless or self.delimited:
                     # Answered on the loop (an error: the connection is closing); or nothing
                     # more to read for this request: next_event would say EndOfMessage, then
-                    # NEED_DATA, unless the client pipelined.
+                    # NEED_DATA, unless the client pipelined; or its body is delimited here.
                     return
             elif kind is _EndOfMessage:
                 if self.discarding:
@@ -359,7 +376,8 @@ class HttpProtocol(asyncio.Protocol):
         if bodiless:
             wsgi_input: InputStream | EmptyInput = EMPTY_INPUT  # self.body is left as it is
         else:
-            self.body.reset(True, conn.they_are_waiting_for_100_continue, config.max_body_size)
+            self.awaiting_continue = conn.they_are_waiting_for_100_continue
+            self.body.reset(True, self.awaiting_continue, config.max_body_size)
             wsgi_input = InputStream(self.body)
         environ = request_environ(self.base_environ, request, wsgi_input, config.root_path, fields)
         length = environ.get("CONTENT_LENGTH")
@@ -371,11 +389,71 @@ class HttpProtocol(asyncio.Protocol):
         self.exchange = Exchange(
             self, environ, state.default_headers, self.head_request, http11
         )
+        if cl and not te:
+            size = int(length)  # type: ignore[arg-type]  # h11 validated it
+            if size:
+                self._delimit(size)
         state.pool.submit(Exchange.run, self.exchange)
         now = self.loop.time()
         self.app_deadline = now + config.timeout if config.timeout else 0.0
         self.body_seen = now
         self._arm()
+
+    def _awaiting_continue(self) -> bool:
+        """Whether the client holds its body back until a 100 Continue."""
+        if self.delimited:
+            return self.awaiting_continue
+        return self.conn.they_are_waiting_for_100_continue
+
+    def _delimit(self, length: int) -> None:
+        """Take over a Content-Length body from h11: exactly ``length`` bytes, counted here.
+
+        h11 copies each body byte three times (into its buffer, then twice to slice a chunk out)
+        and compacts its buffer as it goes; for a body this framing needs no parser. h11 has
+        validated the head and the length; the body bytes it already holds (from the read that
+        brought the head) are taken from ``trailing_data``, and a fresh parser gets whatever
+        follows the body, to parse once this exchange ends.
+        """
+        buffered, closed = self.conn.trailing_data
+        self.conn = _Connection(
+            _SERVER, max_incomplete_event_size=self.state.config.max_header_bytes
+        )
+        self.delimited = True
+        self.length_left = length
+        if buffered:
+            self._body_bytes(buffered)
+        if closed:
+            self.eof_received()
+
+    def _body_bytes(self, data: bytes) -> None:
+        """Bytes read while a delimited body is in flight: the body's, then the next request's."""
+        left = self.length_left
+        if len(data) > left:
+            # The next request, pipelined: parsed once this exchange ends. Reading pauses, so
+            # at most this one read waits here.
+            self.conn.receive_data(data[left:])
+            self._pause_reading()
+            data = data[:left]
+            if not data:
+                return
+        self.length_left = left = left - len(data)
+        if self.awaiting_continue:
+            self.awaiting_continue = False  # it sent the body anyway
+        if self.discarding:
+            self.discarded += len(data)
+            if not left:
+                self._start_next_cycle()
+            elif self.discarded > self.state.config.max_discard:
+                self._linger()
+            return
+        body = self.body
+        body.feed(data)
+        if not left:
+            body.feed_eof()
+        self.body_seen = self.loop.time()
+        self._arm()
+        if left and not body.wants_data():
+            self._pause_reading()  # request-body backpressure: the app reads too slowly
 
     def _resume_body(self) -> None:
         """The app drained the body buffer (called from its thread via the loop)."""
@@ -385,11 +463,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send_continue(self) -> None:
         """The app started reading a body the client holds back for ``100 Continue``."""
-        if (
-            self.conn.they_are_waiting_for_100_continue
-            and not self.responded
-            and not self.continue_sent
-        ):
+        if self._awaiting_continue() and not self.responded and not self.continue_sent:
             assert self.transport is not None
             self.continue_sent = True
             self.transport.write(_CONTINUE)
@@ -418,11 +492,7 @@ class HttpProtocol(asyncio.Protocol):
                 or (head.framing is UNTIL_CLOSE and not self.exchange.head_only)
                 # A final answer without a 100: the client may never send the body it holds
                 # back, so where a next request would start is unknown (RFC 9110 10.1.1).
-                or (
-                    not self.continue_sent
-                    and not self.bodiless
-                    and self.conn.they_are_waiting_for_100_continue
-                )
+                or (not self.continue_sent and not self.bodiless and self._awaiting_continue())
             ):
                 self.keep_alive = False
                 end_of_head = END_CLOSE
@@ -468,11 +538,17 @@ class HttpProtocol(asyncio.Protocol):
             return
         theirs = conn.their_state
         keep_alive = self.keep_alive and not self.state.stopping
-        if keep_alive and (theirs is _DONE or theirs is _MUST_CLOSE or self.bodiless):
+        if self.delimited:
+            unread = self.length_left > 0
+            done = not unread
+        else:
+            unread = theirs is _SEND_BODY and not self.bodiless
             # MUST_CLOSE with keep-alive: an HTTP/1.0 client that asked for it (h11 never keeps
             # 1.0 alive; it parses one request, and a fresh parser takes the next).
+            done = theirs is _DONE or theirs is _MUST_CLOSE or self.bodiless
+        if keep_alive and done:
             self._start_next_cycle()
-        elif keep_alive and theirs is _SEND_BODY:
+        elif keep_alive and unread:
             # The app did not read the whole body: drop the rest (bounded) to reach the next
             # request, rather than closing a keep-alive connection over a small leftover.
             self.body.close()
@@ -481,7 +557,7 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = self.loop.time() + self.state.config.header_timeout
             self._resume_reading()
             self._pump()
-        elif theirs is _SEND_BODY and not self.bodiless:
+        elif unread:
             self._linger()  # the client may still be sending the body (a 413, say)
         else:
             self.exchange = None
@@ -491,6 +567,8 @@ class HttpProtocol(asyncio.Protocol):
         self.exchange = None
         self.discarding = False
         self.responded = self.continue_sent = self.head_request = self.bodiless = False
+        self.delimited = self.awaiting_continue = False
+        self.length_left = 0
         # A fresh parser per request: h11 never saw the response (see response), so its own
         # next cycle is not available, and a new Connection costs less than one anyway.
         buffered, closed = self.conn.trailing_data
