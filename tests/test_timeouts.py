@@ -5,6 +5,7 @@ Each is bounded, answered where an answer is still possible, and leaves the serv
 
 from __future__ import annotations
 
+import io
 import itertools
 import socket
 import threading
@@ -116,6 +117,34 @@ def test_client_that_never_reads_is_aborted_and_close_runs(serve):
     sock.connect((server.host, server.port))
     sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert closed.wait(15), "the app's iterable was not closed"
+    state = server.server.state
+    assert state is not None
+    assert wait_for(lambda: state.pool.busy == 0 and not state.connections, timeout=10)
+    sock.close()
+
+
+def test_client_that_never_reads_a_sendfile_response_is_dropped(serve, tmp_path):
+    """While an app thread writes a file with os.sendfile the loop writes nothing, so the thread
+    itself enforces --write-timeout: its pool slot and the file come back."""
+    path = tmp_path / "big"
+    path.write_bytes(b"\0" * (32 * 1024 * 1024))  # far more than the socket buffers hold
+    closed = threading.Event()
+
+    class File(io.FileIO):
+        def close(self) -> None:
+            closed.set()
+            super().close()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](File(path, "rb"))
+
+    server = serve(app, write_timeout=0.5)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert closed.wait(15), "the file was not closed"
     state = server.server.state
     assert state is not None
     assert wait_for(lambda: state.pool.busy == 0 and not state.connections, timeout=10)

@@ -737,9 +737,11 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = wsgiloop.wsgi.sendfile_all
 
-    def counting(sock: int, fd: int, offset: int, count: int, gone: Callable[[], bool]) -> int:
+    def counting(
+        sock: int, fd: int, offset: int, count: int, gone: Callable[[], bool], stall: float = 0.0
+    ) -> int:
         calls.append(count)
-        return real(sock, fd, offset, count, gone)
+        return real(sock, fd, offset, count, gone, stall)
 
     monkeypatch.setattr(wsgiloop.wsgi, "sendfile_all", counting)
     return calls

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import select
 import stat
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -61,7 +62,12 @@ class FileWrapper:
 
 
 def sendfile_all(
-    sock_fd: int, file_fd: int, offset: int, count: int, gone: Callable[[], bool]
+    sock_fd: int,
+    file_fd: int,
+    offset: int,
+    count: int,
+    gone: Callable[[], bool],
+    stall_timeout: float = 0.0,
 ) -> int:
     """Send ``count`` bytes with ``os.sendfile`` on a non-blocking socket; return bytes sent.
 
@@ -69,10 +75,15 @@ def sendfile_all(
     loop (client gone, server shutdown) ends the wait promptly: ``gone()`` is checked each slice,
     and before each write too, because ``sock_fd`` is the thread's own duplicate (see
     ``ResponseStream.handoff``), which keeps the socket open and writable after the loop let go.
+
+    While this thread holds the socket the loop writes nothing, so it cannot see a client that
+    stopped reading: ``stall_timeout`` (``--write-timeout``; 0: none) is enforced here, and a
+    client that takes no byte for that long is dropped with ``TimeoutError``.
     """
     sent = 0
     poller = select.poll()
     poller.register(sock_fd, select.POLLOUT)
+    last_progress = time.monotonic()
     while sent < count:
         if gone():
             raise BrokenPipeError("connection closed during sendfile")
@@ -84,8 +95,11 @@ def sendfile_all(
             break
         if n > 0:
             sent += n
+            last_progress = time.monotonic()
             continue
-        while not poller.poll(1000):
+        while not poller.poll(1000 if not stall_timeout else min(1000, stall_timeout * 1000)):
             if gone():
                 raise BrokenPipeError("connection closed during sendfile")
+            if stall_timeout and time.monotonic() - last_progress >= stall_timeout:
+                raise TimeoutError(f"the client read nothing for {stall_timeout:g}s")
     return sent

@@ -199,9 +199,24 @@ class Exchange:
         stream = self.stream
         own_fd = stream.handoff(sock, count)  # a private duplicate: see ResponseStream.handoff
         try:
-            sent = sendfile_all(own_fd, file_fd, offset, count, lambda: stream.closed)
+            sent = sendfile_all(
+                own_fd,
+                file_fd,
+                offset,
+                count,
+                lambda: stream.closed,
+                self.protocol.state.config.write_timeout,
+            )
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ClientDisconnected("client disconnected during sendfile") from exc
+        except TimeoutError as exc:
+            error_log.info(
+                "Client %s stopped reading the file sent for %s %s",
+                self.environ.get("REMOTE_ADDR"),
+                self.environ["REQUEST_METHOD"],
+                self.environ.get("RAW_URI", ""),
+            )
+            raise ClientDisconnected("client stopped reading during sendfile") from exc
         finally:
             os.close(own_fd)
         self.sent += sent
