@@ -377,6 +377,20 @@ def test_app_sees_server_and_remote_addresses(serve, recorder):
     assert env["HTTP_HOST"] == "whatever"
 
 
+def test_each_connection_sees_its_own_remote_port_though_the_base_environ_is_shared(
+    serve, recorder
+):
+    server = serve(recorder)
+    ports = []
+    for _ in range(3):
+        _, client = exchange(server, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert recorder.last["REMOTE_PORT"] == str(client[1])
+        ports.append(client[1])
+    assert len(set(ports)) == 3
+    state = server.server.state  # type: ignore[union-attr]
+    assert state.base_environ(("127.0.0.1", server.port))["REMOTE_PORT"] == ""  # never written
+
+
 @pytest.mark.parametrize("version", ["1.0", "1.1"])
 def test_app_sees_server_protocol(serve, recorder, version):
     server = serve(recorder)

@@ -127,13 +127,17 @@ def request_environ(
     wsgi_input: Any,
     script_name: str,
     fields: list[tuple[bytes, bytes]] | None = None,
+    peer: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The full environ for one parsed request.
 
     ``fields`` is ``request.headers.raw_items()`` when the caller has it already (a plain list
-    walks several times faster than h11's ``Headers`` sequence).
+    walks several times faster than h11's ``Headers`` sequence). ``peer`` (REMOTE_ADDR and
+    REMOTE_PORT) replaces the base's, when the base is shared by several connections.
     """
     environ = base.copy()
+    if peer is not None:
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = peer
     target = request.target
     if target[:1] == b"/":  # origin-form, all but always
         raw_path, _, query = target.partition(b"?")

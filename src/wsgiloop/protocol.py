@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from .bridge import EMPTY_INPUT, EmptyInput, InputStream, RequestBody, ResponseStream
-from .environ import connection_environ, request_environ
+from .environ import request_environ
 from .logs import error_log
 from .proxy import apply_proxy_headers
 from .response import END_CLOSE, END_KEEP_ALIVE, END_KEEP_ALIVE_10, UNTIL_CLOSE, error_head
@@ -47,6 +47,7 @@ _IDLE = h11.IDLE
 _MUST_CLOSE = h11.MUST_CLOSE
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_PEER = ("", "")  # a Unix socket: the proxy in front knows the client (see proxy)
 
 #: Seconds a closing connection keeps reading (and dropping) what the client still sends, so the
 #: close does not turn into a reset that destroys the answer before the client has read it.
@@ -80,6 +81,7 @@ class HttpProtocol(asyncio.Protocol):
         "length_left",
         "lingering",
         "loop",
+        "peer",
         "reading",
         "responded",
         "state",
@@ -142,13 +144,10 @@ class HttpProtocol(asyncio.Protocol):
         )
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
-        self.base_environ = connection_environ(
-            server=sock[:2] if isinstance(sock, tuple) else None,
-            peer=peer[:2] if isinstance(peer, tuple) else None,
-            url_scheme=state.url_scheme,
-            script_name=config.root_path,
-            multiprocess=config.workers > 1,
-        )
+        # The environ keys that do not change per request are shared by every connection to the
+        # same local address; only the client's address is this connection's own.
+        self.base_environ = state.base_environ(sock[:2] if isinstance(sock, tuple) else None)
+        self.peer = (peer[0], str(peer[1])) if isinstance(peer, tuple) else _NO_PEER
         self.stream = ResponseStream(self.loop, self._flush, config.write_buffer_high)
         self.body = RequestBody(
             self.loop, config.body_buffer, self._resume_body, self._send_continue
@@ -379,7 +378,9 @@ class HttpProtocol(asyncio.Protocol):
             self.awaiting_continue = conn.they_are_waiting_for_100_continue
             self.body.reset(True, self.awaiting_continue, config.max_body_size)
             wsgi_input = InputStream(self.body)
-        environ = request_environ(self.base_environ, request, wsgi_input, config.root_path, fields)
+        environ = request_environ(
+            self.base_environ, request, wsgi_input, config.root_path, fields, self.peer
+        )
         length = environ.get("CONTENT_LENGTH")
         if length is not None and int(length) > config.max_body_size:
             self._client_error(413, "request body too large")
@@ -667,7 +668,7 @@ class HttpProtocol(asyncio.Protocol):
         """Answer a request we will not pass to the app, then close. No traceback: not our bug."""
         transport = self.transport
         assert transport is not None
-        peer = self.base_environ["REMOTE_ADDR"] or "unix socket"
+        peer = self.peer[0] or "unix socket"
         error_log.debug("Invalid request from %s: %s %s", peer, status, detail)
         if self.exchange is not None:
             # Broken body framing while the app runs: the app's work is abandoned (it sees a
@@ -739,7 +740,7 @@ def _nothing() -> None:
 
 
 def _peer(proto: HttpProtocol) -> str:
-    return str(proto.base_environ["REMOTE_ADDR"] or "unix socket")
+    return proto.peer[0] or "unix socket"
 
 
 def _buffered(conn: h11.Connection) -> bool:

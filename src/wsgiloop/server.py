@@ -18,9 +18,11 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .config import DEFAULT_BIND, Config
+from .environ import connection_environ
 from .logs import error_log
 from .pool import ThreadPool
 from .protocol import HttpProtocol
@@ -35,6 +37,7 @@ class ServerState:
     """What every connection of one worker shares."""
 
     __slots__ = (
+        "_base_environs",
         "app",
         "config",
         "connections",
@@ -62,6 +65,23 @@ class ServerState:
         self.proxy_trust = ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
         self.default_headers: list[tuple[bytes, bytes]] = []
         self.refresh_headers()
+        self._base_environs: dict[tuple[str, int] | None, dict[str, Any]] = {}
+
+    def base_environ(self, local: tuple[str, int] | None) -> dict[str, Any]:
+        """The per-connection environ keys for connections to ``local`` (None: a Unix socket),
+        shared by all of them: requests copy it, nothing writes to it."""
+        base = self._base_environs.get(local)
+        if base is None:
+            base = connection_environ(
+                server=local,
+                peer=None,
+                url_scheme=self.url_scheme,
+                script_name=self.config.root_path,
+                multiprocess=self.config.workers > 1,
+            )
+            if len(self._base_environs) < 64:  # a few listeners; any number of local addresses
+                self._base_environs[local] = base
+        return base
 
     def job_done(self, timed_out: bool) -> None:
         """An app call finished its response (on the loop): free its pool slot."""
