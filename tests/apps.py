@@ -64,3 +64,19 @@ def pid(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Length", str(len(body)))])
     return [body]
+
+
+def reads_body(seen: list[str]) -> Callable[..., Iterable[bytes]]:
+    """An app that reads its whole body; an ``OSError`` the read raises (the server gave up on
+    the request) is recorded in ``seen`` by class name, then re-raised."""
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            environ["wsgi.input"].read()
+        except OSError as exc:
+            seen.append(type(exc).__name__)
+            raise
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    return app

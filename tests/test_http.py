@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from apps import echo, hello
+from apps import echo, hello, reads_body
 from conftest import is_closed, recv_until_closed
 
 # -- a tiny HTTP/1.x response reader ------------------------------------------------------------
@@ -773,17 +773,7 @@ def test_length_delimited_body_and_pipelined_requests_split_anywhere(serve, spli
 
 def test_client_closing_mid_body_gets_400_and_the_app_sees_a_disconnect(serve):
     seen: list[str] = []
-
-    def app(environ, start_response):
-        try:
-            environ["wsgi.input"].read()
-        except OSError as exc:
-            seen.append(type(exc).__name__)
-            raise
-        start_response("200 OK", [("Content-Length", "0")])
-        return [b""]
-
-    server = serve(app)
+    server = serve(reads_body(seen))
     sock = server.connect()
     sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-part")
     time.sleep(0.05)

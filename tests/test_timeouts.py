@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from apps import reads_body
 from conftest import is_closed, read_response
 from test_supervisor import children, wait_for, wait_serving
 
@@ -43,17 +44,7 @@ def test_hung_app_gets_503_and_the_server_keeps_serving(serve):
 
 def test_body_that_stalls_gets_408_and_the_app_sees_a_disconnect(serve):
     seen: list[str] = []
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        try:
-            environ["wsgi.input"].read()
-        except OSError as exc:
-            seen.append(type(exc).__name__)
-            raise
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
-
-    server = serve(app, body_timeout=0.5)
+    server = serve(reads_body(seen), body_timeout=0.5)
     sock = server.connect()
     sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
     status, _, _ = read_response(sock)
@@ -97,6 +88,21 @@ def test_app_that_reads_slowly_is_not_blamed_on_the_client(serve):
     assert read_response(sock, timeout=30)[0::2] == (200, str(size).encode())
 
 
+def assert_reader_that_stalls_is_dropped(server: Any, closed: threading.Event, what: str) -> None:
+    """A client that asks for an endless (or huge) response and reads none of it is dropped
+    after --write-timeout: ``closed`` (the app's iterable or file) is set, and the pool slot and
+    the connection are freed."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert closed.wait(15), f"the app's {what} was not closed"
+    state = server.server.state
+    assert state is not None
+    assert wait_for(lambda: state.pool.busy == 0 and not state.connections, timeout=10)
+    sock.close()
+
+
 def test_client_that_never_reads_is_aborted_and_close_runs(serve):
     closed = threading.Event()
 
@@ -111,16 +117,7 @@ def test_client_that_never_reads_is_aborted_and_close_runs(serve):
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return Endless()
 
-    server = serve(app, write_timeout=0.5)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((server.host, server.port))
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert closed.wait(15), "the app's iterable was not closed"
-    state = server.server.state
-    assert state is not None
-    assert wait_for(lambda: state.pool.busy == 0 and not state.connections, timeout=10)
-    sock.close()
+    assert_reader_that_stalls_is_dropped(serve(app, write_timeout=0.5), closed, "iterable")
 
 
 def test_client_that_never_reads_a_sendfile_response_is_dropped(serve, tmp_path):
@@ -139,16 +136,7 @@ def test_client_that_never_reads_a_sendfile_response_is_dropped(serve, tmp_path)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](File(path, "rb"))
 
-    server = serve(app, write_timeout=0.5)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((server.host, server.port))
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert closed.wait(15), "the file was not closed"
-    state = server.server.state
-    assert state is not None
-    assert wait_for(lambda: state.pool.busy == 0 and not state.connections, timeout=10)
-    sock.close()
+    assert_reader_that_stalls_is_dropped(serve(app, write_timeout=0.5), closed, "file")
 
 
 def test_worker_whose_threads_all_hang_is_replaced(spawn):
