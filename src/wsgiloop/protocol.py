@@ -138,7 +138,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         config = state.config
         state.connections.add(self)
-        self.conn = _Connection(_SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self.conn = self._new_parser()
         self.transport.set_write_buffer_limits(  # type: ignore[union-attr]
             config.write_buffer_high, config.write_buffer_low
         )
@@ -416,9 +416,7 @@ class HttpProtocol(asyncio.Protocol):
         follows the body, to parse once this exchange ends.
         """
         buffered, closed = self.conn.trailing_data
-        self.conn = _Connection(
-            _SERVER, max_incomplete_event_size=self.state.config.max_header_bytes
-        )
+        self.conn = self._new_parser()
         self.delimited = True
         self.length_left = length
         if buffered:
@@ -568,18 +566,21 @@ class HttpProtocol(asyncio.Protocol):
         self.exchange = None
         self.discarding = False
         self.responded = self.continue_sent = self.head_request = self.bodiless = False
-        self.delimited = self.awaiting_continue = False
+        self.awaiting_continue = False
         self.length_left = 0
-        # A fresh parser per request: h11 never saw the response (see response), so its own
-        # next cycle is not available, and a new Connection costs less than one anyway.
         buffered, closed = self.conn.trailing_data
-        self.conn = conn = _Connection(
-            _SERVER, max_incomplete_event_size=self.state.config.max_header_bytes
-        )
-        if buffered:
-            conn.receive_data(buffered)
-        if closed:
-            conn.receive_data(b"")
+        if self.delimited:
+            # The parser _delimit made holds what followed the body and has parsed nothing yet:
+            # it takes the next request as it is.
+            self.delimited = False
+        else:
+            # A fresh parser per request: h11 never saw the response (see response), so its own
+            # next cycle is not available, and a new Connection costs less than one anyway.
+            self.conn = conn = self._new_parser()
+            if buffered:
+                conn.receive_data(buffered)
+            if closed:
+                conn.receive_data(b"")
         # A pipelined request h11 already holds: its head is checked like any other.
         self.head = buffered
         self.idle = True
@@ -587,6 +588,9 @@ class HttpProtocol(asyncio.Protocol):
         self._resume_reading()
         if buffered or closed:
             self._pump()  # a pipelined request (or the client's EOF) is already in
+
+    def _new_parser(self) -> h11.Connection:
+        return _Connection(_SERVER, max_incomplete_event_size=self.state.config.max_header_bytes)
 
     def job_done_elsewhere(self, exchange: Exchange) -> None:
         """The app thread ended without handing an end to the stream (it was closed)."""
