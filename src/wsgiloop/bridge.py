@@ -76,6 +76,18 @@ class _Wakeup:
         except BlockingIOError:  # only a pipe full of stray pokes: the reader wakes anyway
             pass
 
+    def wait(self, lock: threading.Lock) -> None:
+        """Release ``lock`` (held by the caller), block until poked, take ``lock`` again.
+
+        A poke between the release and the read is not lost: it waits in the pipe. Callers
+        re-check what they wait for, as a stray poke (meant for an earlier wait) also wakes.
+        """
+        lock.release()
+        try:
+            os.read(self.r, 1)
+        finally:
+            lock.acquire()
+
 
 _thread_local = threading.local()
 
@@ -150,11 +162,9 @@ class ResponseStream:
         (on this stream or a request body) can end this one early.
         """
         wakeup = self._waiter = _wakeup()
-        self._lock.release()
         try:
-            os.read(wakeup.r, 1)
+            wakeup.wait(self._lock)
         finally:
-            self._lock.acquire()
             self._waiter = None
 
     def _woken(self) -> _Wakeup | None:
@@ -518,11 +528,9 @@ class RequestBody:
                     break
                 wakeup = _wakeup()
                 self._waiters.append(wakeup)
-                lock.release()
                 try:
-                    os.read(wakeup.r, 1)
+                    wakeup.wait(lock)
                 finally:
-                    lock.acquire()
                     if wakeup in self._waiters:  # a stray poke woke us: no longer waiting
                         self._waiters.remove(wakeup)
             if self._closed and not self._eof:
