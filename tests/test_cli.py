@@ -95,7 +95,7 @@ def test_unknown_module_is_a_clear_error_not_a_traceback():
         text=True,
         timeout=30,
     )
-    assert out.returncode == 2
+    assert out.returncode == 3  # exitcodes.APP_LOAD, as with --workers N
     assert "could not import module 'no_such_module_xyz'" in out.stderr
     assert "Traceback" not in out.stderr
 

@@ -709,8 +709,9 @@ def test_request_arriving_during_graceful_stop_is_served_and_closed(serve):
     w.close()
 
 
-def test_idle_keep_alive_connection_is_closed_at_graceful_stop(serve):
-    server = serve(hello)
+def test_idle_keep_alive_connection_is_closed_at_graceful_stop_once_its_keep_alive_is_over(serve):
+    # Not at once: a request its client sends meanwhile must be answered (see test_lifecycle).
+    server = serve(hello, keepalive_timeout=1)
     w = wire(server)
     w.send(get())
     assert w.response().status == 200

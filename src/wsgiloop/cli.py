@@ -12,10 +12,11 @@ import ast
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, exitcodes
 from .config import (
     DEFAULT_BIND,
     LOG_LEVELS,
@@ -29,14 +30,38 @@ from .config import (
 
 
 class AppImportError(Exception):
-    """The APP argument does not name a WSGI callable."""
+    """The app cannot be loaded; ``str()`` is one line saying why (and where, if it raised)."""
 
 
 def load_app(spec: str) -> Any:
     """``module:attr``, ``module:attr.sub``, ``module:factory()`` or ``module:factory(1, 'x')``.
 
-    A bare ``module`` means ``module:application``, as with gunicorn.
+    A bare ``module`` means ``module:application``, as with gunicorn. Whatever goes wrong, in
+    the spec or in the app's own import, is an ``AppImportError`` whose message is one line;
+    the original exception is its ``__cause__`` (logged with its traceback at debug level).
     """
+    try:
+        return _load_app(spec)
+    except AppImportError:
+        raise
+    except Exception as exc:
+        raise AppImportError(f"could not load {spec!r}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """``RuntimeError: broken (app.py:3)``: the exception and the innermost place it came from."""
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f"{exc.filename}:{exc.lineno}"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames:
+            where = f"{frames[-1].filename}:{frames[-1].lineno}"
+    text = " ".join(str(exc).split()) if not isinstance(exc, SyntaxError) else exc.msg
+    return f"{type(exc).__name__}: {text}" + (f" ({where})" if where else "")
+
+
+def _load_app(spec: str) -> Any:
     module_name, _, expr = spec.partition(":")
     expr = expr or "application"
     call_args: tuple[Any, ...] | None = None
@@ -56,7 +81,7 @@ def load_app(spec: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
-            raise  # an import inside the app failed: show the real traceback
+            raise  # an import inside the app failed: say which (load_app)
         raise AppImportError(f"could not import module {module_name!r}") from exc
     for part in expr.split("."):
         try:
@@ -197,19 +222,27 @@ def config_from_args(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command; its exit statuses are ``exitcodes``' (one per cause, whatever --workers)."""
     from .logs import configure, error_log
+    from .sockets import ListenError, parse_bind
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        for value in config.bind:
+            parse_bind(value)  # a malformed --bind is a usage error, found before anything starts
     except (ConfigError, TypeError, ValueError) as exc:
         parser.error(str(exc))
     if config.app is None:
         parser.error("the APP argument is required (e.g. wsgiloop wsgiloop.demo:app)")
     configure(config.log_level, config.access_log, config.log_config, config.access_log_json)
     if getattr(args, "chdir", None):
-        os.chdir(args.chdir)
+        try:
+            os.chdir(args.chdir)
+        except OSError as exc:
+            error_log.error("Error: --chdir %s: %s", args.chdir, exc.strerror)
+            return exitcodes.USAGE
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: apps in the current directory import
     spec = config.app
@@ -217,23 +250,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render(config))
         try:
             load_app(spec)
-        except Exception as exc:
-            error_log.error("Error: the app does not load: %s", exc)
-            return 1
-        return 0
+        except AppImportError as exc:
+            error_log.error("Error: %s", exc)
+            return exitcodes.APP_LOAD
+        return exitcodes.OK
+    try:
+        _check_tls(config)
+        return _serve(config, spec)
+    except ListenError as exc:
+        error_log.error("Error: %s", exc)
+        return exitcodes.LISTEN
+    except AppImportError as exc:
+        error_log.error("Error: %s", exc)
+        error_log.debug("The app failed to load", exc_info=exc.__cause__ or exc)
+        return exitcodes.APP_LOAD
+    except _TLSError as exc:
+        error_log.error("Error: %s", exc)
+        return exitcodes.USAGE
+
+
+class _TLSError(Exception):
+    """``--certfile``/``--keyfile``/``--ca-certs`` cannot be used."""
+
+
+def _check_tls(config: Config) -> None:
+    """Load the certificates once before anything starts, so a bad path is one line here
+    rather than a worker crashing (and being restarted) on every attempt."""
+    if not config.certfile:
+        return
+    import ssl
+
+    from .server import tls_context
+
+    try:
+        tls_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        raise _TLSError(f"TLS: cannot use --certfile/--keyfile/--ca-certs: {exc}") from None
+
+
+def _serve(config: Config, spec: str) -> int:
+    """Listen first, then load the app (in the workers, with ``--workers N``), as gunicorn."""
     if config.workers > 1:
         from .supervisor import run_supervisor
 
-        try:
-            return run_supervisor(lambda: load_app(spec), config)
-        except AppImportError as exc:  # with --preload
-            error_log.error("Error: %s", exc)
-            return 2
+        return run_supervisor(lambda: load_app(spec), config)
+    from .server import run
+    from .sockets import open_sockets
+
+    listeners = open_sockets(config)
     try:
         app = load_app(spec)
-    except AppImportError as exc:
-        error_log.error("Error: %s", exc)
-        return 2
-    from .server import run
-
-    return run(app, config)
+    except BaseException:
+        listeners.close()
+        raise
+    return run(app, config, listeners=listeners)

@@ -536,7 +536,9 @@ class HttpProtocol(asyncio.Protocol):
             self.exchange = None
             return
         theirs = conn.their_state
-        keep_alive = self.keep_alive and not self.state.stopping
+        # What the response head promised (_flush says close once the server is stopping): a
+        # connection that promised keep-alive stays, idle, until shutdown() ends it safely.
+        keep_alive = self.keep_alive
         if self.delimited:
             unread = self.length_left > 0
             done = not unread
@@ -556,8 +558,11 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = self.loop.time() + self.state.config.header_timeout
             self._resume_reading()
             self._pump()
-        elif unread:
-            self._linger()  # the client may still be sending the body (a 413, say)
+        elif unread or self.state.stopping:
+            # The client may still be sending the body (a 413, say); or the server is stopping
+            # and a request the client sent before reading our "Connection: close" must not
+            # turn the close into a reset that destroys this response.
+            self._linger()
         else:
             self.exchange = None
             self._close()
@@ -718,25 +723,43 @@ class HttpProtocol(asyncio.Protocol):
         elif self.exchange is not None:
             self._exchange_timeout()
         elif self.idle:
-            self._close()  # keep-alive timeout: nothing was asked, nothing to say
+            # Keep-alive timeout: nothing was asked, nothing to say. While stopping, half-close
+            # and linger: a request that crossed our FIN is then read and dropped (its client
+            # sees EOF, which it may retry on) rather than answered with a reset.
+            if self.state.stopping:
+                self._linger()
+            else:
+                self._close()
         else:
             self._client_error(408, "timed out reading the request head")
 
     def shutdown(self) -> None:
-        """Graceful stop: close now if idle; otherwise after the current response.
+        """Graceful stop (the server calls this repeatedly while it drains): end the connection
+        without losing a request its client may already have sent.
 
-        The server calls this repeatedly while it drains. A connection without a first request
-        yet gets up to ``LINGER`` seconds more: it was accepted before the listener closed, so
-        its request is most likely on the way, and closing would drop it unanswered.
+        - A request in flight (or a body being discarded, a close lingering): nothing to do.
+          Its response says ``Connection: close`` (see _flush) and the connection then closes
+          with a lingering half-close (_end_exchange); one whose head already promised
+          keep-alive becomes idle like any other.
+        - A request head partly received: it is read and answered as usual (header timeout).
+        - Idle after a response: it keeps the rest of its keep-alive time. Its client (nginx's
+          upstream pool, a ``requests.Session``) may send the next request at any moment and
+          learns of a close only by sending into it; closing sooner than the keep-alive timeout
+          would have is exactly the race the advertised timeout exists to avoid (nginx's
+          ``keepalive_timeout`` is set below it, so nginx closes first). A request that arrives
+          meanwhile is answered with ``Connection: close``. The grace is ``--keep-alive`` at
+          most (5 s by default), well inside ``--graceful-timeout``.
+        - Accepted but no request yet: up to ``LINGER`` seconds more. Its request is most
+          likely on the way (it connected before the listener closed), and a client that sends
+          nothing for that long is no request lost.
+
+        When the grace is over the ticker calls ``on_deadline``, which closes idle connections
+        with a lingering half-close while the server stops.
         """
-        if self.exchange is not None:
+        if self.exchange is not None or self.lingering or not self.idle:
             return
-        if self.fresh and self.deadline:
-            now = self.loop.time()
-            self.deadline = min(self.deadline, now + LINGER)
-            if now < self.deadline:
-                return
-        self._close()
+        if self.fresh:
+            self.deadline = min(self.deadline, self.loop.time() + LINGER)
 
 
 def _nothing() -> None:

@@ -1,9 +1,12 @@
 """One worker: listening sockets, the event loop, the thread pool, timeouts and shutdown.
 
-``Server.serve()`` runs until ``stop()`` (SIGTERM/SIGINT) and then shuts down gracefully: stop
-accepting, close idle connections, let in-flight responses finish within
-``--graceful-timeout``, abort the rest. A ticker (one timer for the whole server, not one per
-connection) refreshes the cached ``Date`` header and enforces header and keep-alive timeouts.
+``Server.serve()`` runs until ``stop()`` (SIGTERM/SIGINT) and then shuts down gracefully (see
+``_shutdown``): stop listening at once, so new connections are refused rather than held; let
+in-flight responses finish within ``--graceful-timeout``; give idle keep-alive connections the
+rest of their keep-alive time, answering what arrives on them with ``Connection: close``; abort
+what is left. A ticker (one timer for the whole server, not one per connection) refreshes the
+cached ``Date`` header, enforces the connection timeouts and beats the supervisor's heartbeat,
+while serving and while draining.
 """
 
 from __future__ import annotations
@@ -17,17 +20,17 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__
-from .config import DEFAULT_BIND, Config
+from .config import Config
 from .environ import connection_environ
 from .logs import error_log
 from .pool import ThreadPool
 from .protocol import HttpProtocol
 from .proxy import ProxyTrust
-from .sockets import create_socket, describe, parse_bind, socket_from_fd
+from .sockets import Listeners, accept_pending, describe, open_sockets
 from .wsgi import WSGIApp
 
 TICK = 0.25  # seconds between timeout sweeps; timeouts are honoured to within this
@@ -124,24 +127,6 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def open_sockets(config: Config) -> list[socket.socket]:
-    """Inherited sockets (systemd, ``--fd``) plus one per ``--bind``."""
-    sockets: list[socket.socket] = []
-    try:
-        from .systemd import listen_fds
-
-        sockets += listen_fds()
-    except ImportError:
-        pass
-    sockets += [socket_from_fd(fd) for fd in config.fd]
-    binds = config.bind or ([] if sockets else [DEFAULT_BIND])
-    for value in binds:
-        sockets.append(
-            create_socket(parse_bind(value), config.backlog, config.reuse_port, config.umask)
-        )
-    return sockets
-
-
 class Server:
     """One worker process's server."""
 
@@ -156,21 +141,32 @@ class Server:
         self.config = config
         self.state: ServerState | None = None
         self._servers: list[asyncio.AbstractServer] = []
+        self.listeners = Listeners([])
+        self._tls: ssl.SSLContext | None = None
         self._stop: asyncio.Event | None = None
         self.started = False
         self.heartbeat = heartbeat  # called each tick: the supervisor's liveness signal
         self.max_requests = max_requests
         self.parent_pid = os.getppid()
 
-    async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
-        """Serve until ``stop()``; then shut down gracefully."""
+    async def serve(self, listeners: Listeners | None = None) -> None:
+        """Serve until ``stop()``; then shut down gracefully. ``listeners`` are closed (and the
+        socket files among them removed) when it returns; without them, ``--bind`` is opened."""
         loop = asyncio.get_running_loop()
         config = self.config
         state = self.state = ServerState(self.app, config, loop)
         self._stop = asyncio.Event()
-        if sockets is None:
-            sockets = open_sockets(config)
-        tls = tls_context(config)
+        self.listeners = listeners = open_sockets(config) if listeners is None else listeners
+        try:
+            await self._serve(loop, state, listeners.sockets)
+        finally:
+            listeners.close()
+
+    async def _serve(
+        self, loop: asyncio.AbstractEventLoop, state: ServerState, sockets: list[socket.socket]
+    ) -> None:
+        config = self.config
+        self._tls = tls = tls_context(config)
         for sock in sockets:
             server = await loop.create_server(
                 lambda: HttpProtocol(state), sock=sock, backlog=config.backlog, ssl=tls
@@ -183,11 +179,14 @@ class Server:
                 )
         self.started = True
         ticker = loop.create_task(self._tick())
+        assert self._stop is not None
         try:
             await self._stop.wait()
         finally:
-            ticker.cancel()
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                ticker.cancel()  # only now: draining needs its timeouts and its heartbeat
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -237,16 +236,45 @@ class Server:
                             proto.transport.abort()
 
     async def _shutdown(self) -> None:
+        """Graceful stop, losing no request that reached this process.
+
+        1. Stop listening at once: take the connections the kernel already completed (closing
+           the socket would reset them), then close it, so the next ones are refused and a proxy
+           moves on to another upstream instead of waiting on a worker that is leaving. Where
+           another process holds the same socket (sibling workers, systemd's copy), it keeps
+           its queue and goes on accepting.
+        2. Drain (``HttpProtocol.shutdown``): a request in flight finishes, its response says
+           ``Connection: close``; an idle keep-alive connection stays open for the rest of its
+           keep-alive time, so that a request its client sends meanwhile is answered (with
+           ``Connection: close``) instead of meeting a closed socket; every close is a
+           lingering half-close, so nothing unread turns into a reset.
+        3. At ``--graceful-timeout``, abort what is left.
+        """
         state = self.state
         assert state is not None
+        loop = asyncio.get_running_loop()
         state.stopping = True
+        pending = [conn for sock in self.listeners.sockets for conn in accept_pending(sock)]
         for server in self._servers:
             server.close()
-        # Connections accepted just before the close have their connection_made queued on the
-        # loop: let those callbacks run so the drain below sees (and serves) them.
+        self.listeners.close()
+        tls = self._tls
+        adopting = [
+            loop.create_task(
+                loop.connect_accepted_socket(lambda: HttpProtocol(state), conn, ssl=tls)
+            )
+            for conn in pending
+        ]
+        deadline = time.monotonic() + self.config.graceful_timeout
+        if adopting:
+            await asyncio.wait(adopting, timeout=self.config.graceful_timeout)
+            for task in adopting:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    error_log.debug("Could not take a pending connection: %s", task.exception())
+        # Connections the loop accepted just before the close have their connection_made queued:
+        # let those callbacks run so the drain below sees (and serves) them.
         for _ in range(3):
             await asyncio.sleep(0)
-        deadline = time.monotonic() + self.config.graceful_timeout
         await self._drain(deadline)
         for server in self._servers:
             with contextlib.suppress(Exception):
@@ -263,12 +291,16 @@ class Server:
         state.pool.shutdown(timeout=1.0)
 
     async def _drain(self, deadline: float) -> None:
-        """Close idle connections and wait for busy ones to finish, until ``deadline``."""
+        """Tell every connection the server is stopping, until all are closed or ``deadline``.
+
+        Repeated because connections go idle (a response ends) while the drain goes on; the
+        ticker closes those whose grace is over.
+        """
         state = self.state
         assert state is not None
         while True:
             for proto in list(state.connections):
-                proto.shutdown()  # idle ones close now, busy ones after their response
+                proto.shutdown()
             if not state.connections or time.monotonic() >= deadline:
                 return
             await asyncio.sleep(0.05)
@@ -277,17 +309,20 @@ class Server:
 def run(
     app: WSGIApp,
     config: Config,
-    sockets: Sequence[socket.socket] | None = None,
+    listeners: Listeners | None = None,
     heartbeat: Callable[[], None] | None = None,
     max_requests: int = 0,
     on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Run one worker in this process until SIGINT/SIGTERM (graceful) or SIGQUIT (fast).
 
-    Standalone (``--workers 1``) it opens its own sockets and tells systemd when it is ready;
-    under the supervisor it gets the shared ``sockets`` and a ``heartbeat``.
+    Standalone (``--workers 1``) it opens its own sockets (``ListenError`` if it cannot, before
+    anything else starts) and tells systemd when it is ready; under the supervisor it gets the
+    shared ``listeners`` and a ``heartbeat``.
     """
     config.validate()
+    if listeners is None:
+        listeners = open_sockets(config)
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
     server = Server(app, config, heartbeat=heartbeat, max_requests=max_requests)
@@ -310,7 +345,7 @@ def run(
     if on_ready is not None:
         loop.call_soon(_when_started, server, on_ready)
     try:
-        loop.run_until_complete(server.serve(sockets))
+        loop.run_until_complete(server.serve(listeners))
     finally:
         if heartbeat is None:
             from . import systemd

@@ -2,6 +2,12 @@
 
 The server creates its sockets itself (rather than letting ``loop.create_server`` do it) so that
 the same objects can come from systemd, from ``--fd``, or be shared with forked workers.
+
+A Unix socket file belongs to the process that created it (``Listeners.files``): that process
+removes it when it stops listening, and only if the path still names the socket it created. An
+existing socket file is taken over only when nothing accepts connections on it (a stale file
+from a crash); a live one is "address already in use", as a TCP port would be. Sockets inherited
+from systemd or ``--fd`` are closed but their files left alone: they are the service manager's.
 """
 
 from __future__ import annotations
@@ -11,7 +17,25 @@ import errno
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+class ListenError(OSError):
+    """A listening socket cannot be had; ``str()`` is one line naming the address and why."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _listen_error(address: object, exc: OSError) -> ListenError:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror):
+        reason = f"cannot resolve the host name ({reason})"
+    return ListenError(exc.errno, f"cannot listen on {address}: {reason.lower()}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +85,18 @@ def _port(text: str, value: str) -> int:
 def create_socket(
     address: Address, backlog: int, reuse_port: bool = False, umask: int | None = None
 ) -> socket.socket:
-    """A bound, listening, non-blocking socket for ``address``."""
-    if address.family == socket.AF_UNIX:
-        return _unix_socket(address.host, backlog, umask)
+    """A bound, listening, non-blocking socket for ``address``; ``ListenError`` if impossible."""
+    try:
+        if address.family == socket.AF_UNIX:
+            return _unix_socket(address.host, backlog, umask)
+        return _inet_socket(address, backlog, reuse_port)
+    except ListenError:
+        raise
+    except OSError as exc:
+        raise _listen_error(address, exc) from None
+
+
+def _inet_socket(address: Address, backlog: int, reuse_port: bool) -> socket.socket:
     family = address.family
     host = address.host
     if family == socket.AF_INET and host not in ("", "0.0.0.0"):
@@ -90,9 +123,7 @@ def create_socket(
 
 
 def _unix_socket(path: str, backlog: int, umask: int | None) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)  # stale socket from a previous run
+    _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(umask) if umask is not None else None
     try:
@@ -106,6 +137,140 @@ def _unix_socket(path: str, backlog: int, umask: int | None) -> socket.socket:
         if old is not None:
             os.umask(old)
     return sock
+
+
+def _remove_stale(path: str) -> None:
+    """Unlink the socket file at ``path`` if it is stale; refuse to touch anything else.
+
+    Unlinking a live socket would not stop the server behind it, only make it unreachable
+    (nginx: 502) while this process then fails or serves in its place, so a connection is tried
+    first: only a refusal (no listener) proves the file stale.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ListenError(
+            errno.EADDRINUSE, f"cannot listen on unix:{path}: the path exists and is no socket"
+        )
+    if _accepting(path):
+        raise ListenError(
+            errno.EADDRINUSE,
+            f"cannot listen on unix:{path}: address already in use "
+            "(a server accepts connections on it)",
+        )
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _accepting(path: str) -> bool:
+    """Whether something listens on the Unix socket at ``path`` (connect, then hang up)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True  # EAGAIN (its queue is full), EACCES, ...: alive, or not ours to judge
+    finally:
+        probe.close()
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class SocketFile:
+    """A Unix socket file this process created, identified by its inode."""
+
+    path: str
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> SocketFile:
+        path = sock.getsockname()
+        path = path if isinstance(path, str) else path.decode()
+        st = os.stat(path)
+        return cls(path, st.st_dev, st.st_ino)
+
+    def remove(self) -> None:
+        """Unlink the file unless it is gone or is now another socket (a successor's)."""
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == (self.device, self.inode):
+                os.unlink(self.path)
+
+
+@dataclass
+class Listeners:
+    """One process's listening sockets and the socket files it must remove (none in a worker:
+    the supervisor created them, and a retiring worker must not take them from its successors).
+    """
+
+    sockets: list[socket.socket]
+    files: list[SocketFile] = field(default_factory=list)
+
+    def for_worker(self) -> Listeners:
+        return Listeners(self.sockets)
+
+    def close(self) -> None:
+        """Stop listening: new connections are refused from now on. Idempotent.
+
+        A socket another process still holds (systemd's copy, a sibling worker's) stays open
+        there, and so does its queue of connections not yet accepted.
+        """
+        for sock in self.sockets:
+            sock.close()
+        for file in self.files:
+            file.remove()
+        self.files = []
+
+
+def open_sockets(config: Config) -> Listeners:
+    """Inherited sockets (systemd, ``--fd``) plus one per ``--bind``; ``ListenError`` if one is
+    impossible (those already opened are closed again)."""
+    from .config import DEFAULT_BIND
+    from .systemd import listen_fds
+
+    listeners = Listeners(listen_fds())
+    try:
+        for fd in config.fd:
+            try:
+                listeners.sockets.append(socket_from_fd(fd))
+            except OSError as exc:
+                raise _listen_error(f"--fd {fd}", exc) from None
+        binds = config.bind or ([] if listeners.sockets else [DEFAULT_BIND])
+        for value in binds:
+            sock = create_socket(parse_bind(value), config.backlog, config.reuse_port, config.umask)
+            listeners.sockets.append(sock)
+            if sock.family == socket.AF_UNIX:
+                listeners.files.append(SocketFile.of(sock))
+    except BaseException:
+        listeners.close()
+        raise
+    return listeners
+
+
+def accept_pending(sock: socket.socket) -> list[socket.socket]:
+    """The connections the kernel has completed on ``sock`` but nobody accepted yet.
+
+    Taken just before the socket closes, so that closing it does not reset them: they were
+    accepted as far as their clients can tell.
+    """
+    accepted: list[socket.socket] = []
+    if sock.fileno() < 0:
+        return accepted  # closed already
+    while len(accepted) < 65536:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            break  # EMFILE, ECONNABORTED...: what is left is refused with the close
+        conn.setblocking(False)
+        accepted.append(conn)
+    return accepted
 
 
 def socket_from_fd(fd: int) -> socket.socket:

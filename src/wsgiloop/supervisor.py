@@ -10,15 +10,28 @@ SIGTERM    graceful shutdown: workers finish in-flight requests (``--graceful-ti
 SIGINT     same as SIGTERM
 SIGQUIT    fast shutdown: workers exit at once
 SIGHUP     reload: start fresh workers (re-importing the app) one at a time, retiring an
-           old one gracefully only after its replacement is serving; no request is dropped
+           old one gracefully only after its replacement is serving; no request is dropped.
+           If the new code cannot be loaded, the old workers go on serving (see _reap)
 SIGTTIN    one more worker
 SIGTTOU    one worker fewer
 =========  ============================================================================
 
 The supervisor never runs an event loop or imports the app (unless ``--preload``), so it stays
 small and a broken deploy fails in the workers, where it is logged, not in the process that
-holds the sockets. Heartbeats are monotonic timestamps in an anonymous shared mapping: one
-8-byte slot per worker, no files, no pipes.
+holds the sockets. The first worker of a generation (at start, after SIGHUP) is a canary: the
+others start only once it serves, so an app that cannot load fails once, with one error line.
+
+Heartbeats are monotonic timestamps in an anonymous shared mapping: one 8-byte slot per worker,
+no files, no pipes. A worker beats every tick of its event loop, also while it drains at a
+stop or a retirement. When the supervisor itself has not run for a while (the whole process
+group was stopped with SIGSTOP/Ctrl-Z, the machine or VM was suspended and the monotonic clock
+jumped), its workers were most likely frozen too: their silence then says nothing about them,
+so the timeout counts afresh from the moment the supervisor runs again.
+
+At a stop (SIGTERM, SIGINT, SIGQUIT) the supervisor closes its listening sockets first and the
+workers close theirs at once, so new connections are refused rather than queued for nobody;
+a socket file it created is removed. A socket inherited from systemd stays open in systemd,
+whose queue then holds new connections for the next instance.
 """
 
 from __future__ import annotations
@@ -37,11 +50,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import exitcodes
 from .config import Config
 from .logs import error_log, set_pid
+from .sockets import Listeners
 
-WORKER_BOOT_ERROR = 3  # exit status of a worker that could not load the app (as gunicorn)
 MAX_SLOTS = 1024
+#: A supervisor turn takes 0.1 s; one that comes this much later means the supervisor (and most
+#: likely its workers) did not run meanwhile: heartbeats missed then are no sign of a hang.
+STALL = 1.0
 _SLOT = struct.Struct("d")
 _SIGNALS = (
     signal.SIGTERM,
@@ -63,6 +80,9 @@ class Worker:
     ready: bool = False
     retiring: bool = False
     killed_at: float = 0.0
+    #: When its heartbeat timeout starts counting if it has not beaten since (see STALL).
+    baseline: float = 0.0
+    retire_deadline: float = 0.0  # when a retiring worker is killed if it is still draining
 
 
 class Supervisor:
@@ -80,20 +100,20 @@ class Supervisor:
         self.next_spawn = 0.0
         self.stopping: str | None = None
         self.exit_status = 0
-        self.sockets: list[Any] = []
+        self.listeners = Listeners([])
+        self.last_turn = 0.0
         self.wake_r, self.wake_w = os.pipe()
 
     # -- main loop -------------------------------------------------------------------------
 
     def run(self) -> int:
         from . import systemd
-        from .server import open_sockets
-        from .sockets import describe
+        from .sockets import describe, open_sockets
 
         set_pid(os.getpid())
-        self.sockets = open_sockets(self.config)
+        self.listeners = open_sockets(self.config)  # ListenError: nothing started yet
         error_log.info("Starting wsgiloop supervisor (pid: %d)", os.getpid())
-        for sock in self.sockets:
+        for sock in self.listeners.sockets:
             error_log.info("Listening at: %s (%d)", describe(sock, self.config.url_scheme),
                            os.getpid())
         os.set_blocking(self.wake_w, False)
@@ -101,8 +121,10 @@ class Supervisor:
         for sig in _SIGNALS:
             signal.signal(sig, self._on_signal)
         notified = False
+        self.last_turn = time.monotonic()
         try:
             while True:
+                self._notice_stall()
                 self._handle_signals()
                 self._reap()
                 if self.stopping is not None:
@@ -110,6 +132,7 @@ class Supervisor:
                         break
                     self._enforce_stop_deadline()
                 else:
+                    self._enforce_retire_deadlines()
                     self._maintain()
                     self._check_heartbeats()
                     if not notified and sum(w.ready for w in self.workers.values()) >= self.target:
@@ -119,8 +142,7 @@ class Supervisor:
                 self._sleep(0.1)
         finally:
             systemd.notify("STOPPING=1")
-            for sock in self.sockets:
-                sock.close()
+            self.listeners.close()
         error_log.info("Shutdown complete")
         return self.exit_status
 
@@ -133,6 +155,15 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.pending.append(signum)
+
+    def _notice_stall(self) -> None:
+        """After a turn that came far too late, restart every worker's heartbeat timeout."""
+        now = time.monotonic()
+        if now - self.last_turn > STALL:
+            error_log.debug("The supervisor did not run for %.1fs", now - self.last_turn)
+            for worker in self.workers.values():
+                worker.baseline = now
+        self.last_turn = now
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -163,6 +194,9 @@ class Supervisor:
         if self.stopping == "fast" or self.stopping == mode:
             return
         error_log.info("Received %s: %s shutdown", name, mode)
+        # Refuse new connections from now on (the workers close their copies on the signal);
+        # a socket inherited from systemd stays open there, queueing them for the successor.
+        self.listeners.close()
         self.stopping = mode
         self.stop_deadline = time.monotonic() + (
             self.config.graceful_timeout + 5 if mode == "graceful" else 5
@@ -173,6 +207,14 @@ class Supervisor:
         sig = signal.SIGTERM if mode == "graceful" else signal.SIGQUIT
         for worker in self.workers.values():
             self._kill(worker.pid, sig)
+
+    def _enforce_retire_deadlines(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.retiring and now > worker.retire_deadline and not worker.killed_at:
+                error_log.warning("Worker %d did not retire in time: killing it", worker.pid)
+                worker.killed_at = now
+                self._kill(worker.pid, signal.SIGKILL)
 
     def _enforce_stop_deadline(self) -> None:
         if time.monotonic() > self.stop_deadline:
@@ -189,9 +231,12 @@ class Supervisor:
         for worker in self.workers.values():
             if not worker.ready and _SLOT.unpack_from(self.beats, worker.slot * 8)[0] > 0:
                 worker.ready = True
+                error_log.debug("Worker %d is serving", worker.pid)
         current = [w for w in self.workers.values() if not w.retiring]
         fresh = [w for w in current if w.generation == self.generation]
         stale = [w for w in current if w.generation != self.generation]
+        if fresh and not any(w.ready for w in fresh):
+            return  # the canary of this generation is loading the app: the rest wait for it
         if stale:
             # Reload: one new worker at a time, and an old one retires only once the new one
             # serves, so capacity never drops below the target.
@@ -210,6 +255,7 @@ class Supervisor:
 
     def _retire(self, worker: Worker) -> None:
         worker.retiring = True
+        worker.retire_deadline = time.monotonic() + self.config.graceful_timeout + 5
         error_log.info("Retiring worker %d", worker.pid)
         self._kill(worker.pid, signal.SIGTERM)
 
@@ -223,9 +269,19 @@ class Supervisor:
     def _spawn(self) -> None:
         slot = self._free_slot()
         _SLOT.pack_into(self.beats, slot * 8, 0.0)
-        pid = os.fork()
+        # Signals stay blocked across the fork until the child has reset their handlers: one
+        # caught by the supervisor's handler in the child (a SIGTERM that retires it while it
+        # boots) would otherwise be lost there, and the worker would never stop.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            raise
         if pid:
-            self.workers[pid] = Worker(pid, slot, time.monotonic(), self.generation)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            now = time.monotonic()
+            self.workers[pid] = Worker(pid, slot, now, self.generation, baseline=now)
             error_log.info("Booting worker with pid: %d", pid)
             return
         # -- in the child ---------------------------------------------------------------------
@@ -247,6 +303,7 @@ class Supervisor:
 
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         signal.set_wakeup_fd(-1)
         os.close(self.wake_r)
         os.close(self.wake_w)
@@ -254,9 +311,10 @@ class Supervisor:
         random.seed()
         try:
             app = self.load_app()
-        except Exception:
-            error_log.exception("Worker failed to boot: could not load the app")
-            return WORKER_BOOT_ERROR
+        except Exception as exc:  # the loader's message is the one line (see cli.load_app)
+            error_log.error("Error: %s", exc)
+            error_log.debug("The app failed to load", exc_info=True)
+            return exitcodes.APP_LOAD
         beats = self.beats
         offset = slot * 8
         pack = _SLOT.pack_into
@@ -272,7 +330,7 @@ class Supervisor:
         return run(
             app,
             config,
-            sockets=self.sockets,
+            listeners=self.listeners.for_worker(),  # the files are the supervisor's to remove
             heartbeat=heartbeat,
             max_requests=max_requests,
             on_ready=heartbeat,
@@ -290,10 +348,8 @@ class Supervisor:
             if worker is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            if code == WORKER_BOOT_ERROR and not worker.ready:
-                error_log.error("Worker %d failed to boot: stopping", pid)
-                self.exit_status = WORKER_BOOT_ERROR
-                self._begin_stop("graceful", "boot failure")
+            if code == exitcodes.APP_LOAD and not worker.ready and self.stopping is None:
+                self._boot_failed(worker)
                 continue
             expected = worker.retiring or self.stopping is not None
             if not expected:
@@ -311,6 +367,33 @@ class Supervisor:
                 else:
                     self.failures = 0
 
+    def _boot_failed(self, worker: Worker) -> None:
+        """A new worker could not load the app (it logged why, in one line).
+
+        With nothing serving (the start, or every worker gone) there is nothing to keep: stop
+        with ``exitcodes.APP_LOAD``. Otherwise the workers that serve go on serving the code
+        they loaded: a reload into code that does not load is abandoned (the next SIGHUP tries
+        again), and a replacement that does not load is retried with the young-death back-off.
+        """
+        serving = [w for w in self.workers.values() if w.ready and not w.retiring]
+        if not serving:
+            error_log.info("Worker %d could not load the app and none is serving: stopping",
+                           worker.pid)
+            self.exit_status = exitcodes.APP_LOAD
+            self._begin_stop("graceful", "app load failure")
+            return
+        current = [w for w in self.workers.values() if not w.retiring]
+        if any(w.generation != self.generation for w in current):
+            error_log.warning(
+                "Reload abandoned: the new code does not load; %d worker(s) go on serving the "
+                "code they loaded; send SIGHUP to try again",
+                len(serving),
+            )
+            for w in current:
+                w.generation = self.generation  # nothing is stale any more: nothing retires
+        self.failures += 1
+        self.next_spawn = time.monotonic() + min(30.0, 0.1 * 2**self.failures)
+
     def _check_heartbeats(self) -> None:
         timeout = self.config.timeout
         if not timeout:
@@ -318,7 +401,7 @@ class Supervisor:
         now = time.monotonic()
         for worker in self.workers.values():
             beat = _SLOT.unpack_from(self.beats, worker.slot * 8)[0]
-            last = beat if beat > 0 else worker.born
+            last = max(beat, worker.baseline)
             if now - last > timeout and not worker.killed_at:
                 error_log.critical("WORKER TIMEOUT (pid: %d): killing it", worker.pid)
                 worker.killed_at = now
