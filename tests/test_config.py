@@ -94,7 +94,7 @@ def test_check_config_fails_when_the_app_does_not_load():
         timeout=30,
         env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
     )
-    assert out.returncode == 1
+    assert out.returncode == 3  # exitcodes.APP_LOAD, as when serving
     assert "does not load" in out.stderr
 
 

@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             load_app(spec)
         except AppImportError as exc:
-            error_log.error("Error: %s", exc)
+            error_log.error("Error: the app does not load: %s", exc)
             return exitcodes.APP_LOAD
         return exitcodes.OK
     try:

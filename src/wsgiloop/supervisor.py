@@ -193,7 +193,10 @@ class Supervisor:
     def _begin_stop(self, mode: str, name: str) -> None:
         if self.stopping == "fast" or self.stopping == mode:
             return
-        error_log.info("Received %s: %s shutdown", name, mode)
+        if name.startswith("SIG"):
+            error_log.info("Received %s: %s shutdown", name, mode)
+        else:
+            error_log.info("%s: %s shutdown", name, mode)
         # Refuse new connections from now on (the workers close their copies on the signal);
         # a socket inherited from systemd stays open there, queueing them for the successor.
         self.listeners.close()
@@ -377,10 +380,10 @@ class Supervisor:
         """
         serving = [w for w in self.workers.values() if w.ready and not w.retiring]
         if not serving:
-            error_log.info("Worker %d could not load the app and none is serving: stopping",
-                           worker.pid)
             self.exit_status = exitcodes.APP_LOAD
-            self._begin_stop("graceful", "app load failure")
+            self._begin_stop(
+                "graceful", f"Worker {worker.pid} could not load the app and none is serving"
+            )
             return
         current = [w for w in self.workers.values() if not w.retiring]
         if any(w.generation != self.generation for w in current):
