@@ -64,8 +64,11 @@ class Load:
     """``clients`` threads, each on one keep-alive connection (``http.client``, which never
     retries a request; it opens a new connection only for the request after a
     ``Connection: close``), alternating POSTs with a random body of up to 32 KiB and GETs, and
-    checking every answer. A refused connection ends a client once ``stopping`` is set; any other
-    error, and any answer that is not the expected 200, is a failure."""
+    checking every answer. Once ``stopping`` is set, a refused connection ends a client, and so
+    does a new connection reset before it got a byte (``close_race``: the kernel resets what
+    it completed in the microseconds between the last worker's final accept and its close, as
+    with any server that closes its listener); any other error, and any answer that is not the
+    expected 200, is a failure."""
 
     connect: Callable[[], http.client.HTTPConnection]
     clients: int = 24
@@ -73,6 +76,7 @@ class Load:
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     refused: list[float] = field(default_factory=list)
+    close_race: int = 0
     pids: set[str] = field(default_factory=set)
     stopping: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -108,6 +112,7 @@ class Load:
                 expected = f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
             else:
                 body, method, expected = None, "GET", b"ok"
+            fresh = conn.sock is None
             try:
                 conn.request(method, f"/?client={index}&n={sent}", body=body, headers=self.headers)
                 resp = conn.getresponse()
@@ -119,6 +124,15 @@ class Load:
                         self.refused.append(time.monotonic())
                     return
                 self._fail(f"{method} #{sent} of client {index}: connection refused")
+                continue
+            except ConnectionResetError as exc:
+                conn.close()
+                if self.stopping.is_set() and fresh:
+                    with self._lock:
+                        self.close_race += 1
+                        self.refused.append(time.monotonic())
+                    return
+                self._fail(f"{method} #{sent} of client {index}: {exc!r}")
                 continue
             except Exception as exc:
                 conn.close()
@@ -334,6 +348,8 @@ def probe(port: int) -> str:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         status, _, body = read_response(sock, timeout=30)
         return "answered" if (status, body) == (200, b"ok") else f"{status} {body!r}"
+    except ConnectionResetError:
+        return "reset"  # before any byte of an answer: see Load
     except Exception as exc:
         return repr(exc)
     finally:
@@ -369,12 +385,15 @@ def test_sigterm_under_load_answers_what_was_accepted_and_refuses_the_rest_at_on
     finally:
         load.stop()
     assert held_errors == [] and held_result == [(200, b"released")]
-    assert all(outcome in ("answered", "refused") for outcome in outcomes), outcomes
+    # A connection made after the signal is answered (it beat the close), refused, or - the
+    # kernel's close race, see Load - reset before any byte; never held, never cut mid-answer.
+    assert all(outcome in ("answered", "refused", "reset") for outcome in outcomes), outcomes
     assert outcomes[outcomes.index("refused"):].count("answered") == 0, outcomes
     assert load.failures == [], load.failures[:20]
     assert server.proc.wait(60) == 0
     print(f"\n--workers {workers}: refused {refused_after * 1000:.1f} ms after SIGTERM "
-          f"({len(outcomes)} probes, {outcomes.count('answered')} answered first); "
+          f"({len(outcomes)} probes, {outcomes.count('answered')} answered first, "
+          f"{outcomes.count('reset') + load.close_race} reset in the close race); "
           f"{load.ok} requests, 0 failed")
 
 
@@ -668,6 +687,11 @@ def test_reload_into_code_that_does_not_load_keeps_the_old_workers_serving(spawn
         module.write_text(RELOADABLE.format(version="v2"))
         reload(server, 2)
         assert serving(server).isdisjoint(old)
+        # A new connection reaches only new workers: the retired ones closed their listeners.
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("GET", "/", headers={"Connection": "close"})
+        assert conn.getresponse().read() == b"v2"
+        conn.close()
     finally:
         stop.set()
         for thread in clients:
@@ -676,7 +700,7 @@ def test_reload_into_code_that_does_not_load_keeps_the_old_workers_serving(spawn
     while not seen.empty():
         answers.append(seen.get())
     assert {status for status, _ in answers} == {200}, [a for a in answers if a[0] != 200][:5]
-    assert answers[-1] == (200, b"v2") and {body for _, body in answers} == {b"v1", b"v2"}
+    assert {body for _, body in answers} <= {b"v1", b"v2"}
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0
 
