@@ -28,6 +28,7 @@ from wsgiloop.lifecycle import (
     LINGERING,
     NEW,
     NEXT,
+    PROXY,
     Cycle,
     Phase,
     PhaseError,
@@ -37,7 +38,7 @@ from wsgiloop.lifecycle import (
 )
 from wsgiloop.response import Head
 
-PHASES = [NEW, IDLE, HEAD, EXCHANGE, DISCARDING, LINGERING, CLOSED]
+PHASES = [PROXY, NEW, IDLE, HEAD, EXCHANGE, DISCARDING, LINGERING, CLOSED]
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
@@ -57,9 +58,10 @@ def test_every_phase_can_close_and_closed_is_final() -> None:
     assert NEXT[CLOSED] == {CLOSED}
 
 
-def test_every_phase_is_reachable_from_new() -> None:
-    seen = {NEW}
-    todo = [NEW]
+def test_every_phase_is_reachable_from_the_first_ones() -> None:
+    # A connection starts in NEW, or in PROXY when a trusted balancer must send its header.
+    seen = {NEW, PROXY}
+    todo = [NEW, PROXY]
     while todo:
         for target in NEXT[todo.pop()]:
             if target not in seen:
@@ -81,6 +83,8 @@ def test_every_phase_is_reachable_from_new() -> None:
         (CLOSED, HEAD),
         (CLOSED, LINGERING),
         (DISCARDING, EXCHANGE),
+        (PROXY, HEAD),  # the header is complete before any request byte is looked at
+        (NEW, PROXY),
     ],
 )
 def test_an_impossible_move_fails_loudly(current: Phase, new: Phase) -> None:
@@ -91,7 +95,7 @@ def test_an_impossible_move_fails_loudly(current: Phase, new: Phase) -> None:
 def test_deadlines_come_from_the_settings_of_each_phase() -> None:
     config = Config(header_timeout=7.0, keepalive_timeout=3.0)
     timeouts = phase_timeouts(config)
-    assert timeouts[NEW] == timeouts[HEAD] == timeouts[DISCARDING] == 7.0
+    assert timeouts[PROXY] == timeouts[NEW] == timeouts[HEAD] == timeouts[DISCARDING] == 7.0
     assert timeouts[IDLE] == 3.0
     assert timeouts[LINGERING] == lifecycle.LINGER
     assert timeouts[EXCHANGE] is None  # exchange_deadline's

@@ -10,7 +10,7 @@ keeping booleans of its own.
 
 The phases and what moves a connection between them::
 
-    NEW ──first byte──▶ HEAD ──head parsed and accepted──▶ EXCHANGE
+    (PROXY ──header──▶) NEW ──first byte──▶ HEAD ──head parsed and accepted──▶ EXCHANGE
                          ▲                                    │ response ended
                          │ first byte                         ▼
                         IDLE ◀─────── keep-alive, body read ──┤
@@ -22,6 +22,8 @@ The phases and what moves a connection between them::
     DISCARDING: more than --max-discard  ──▶ LINGERING ──▶ CLOSED
     any phase ──▶ CLOSED: a timeout, the client's EOF, an abort, the connection lost
 
+- ``PROXY``: with ``--proxy-protocol``, from a trusted balancer: waiting for its PROXY header
+  (optional: plain HTTP moves on to ``NEW`` at once). Deadline: ``--header-timeout``.
 - ``NEW``: accepted, no byte yet. Deadline: ``--header-timeout``; then closed without a word.
 - ``IDLE``: between two requests of a keep-alive connection. Deadline: ``--keep-alive``.
 - ``HEAD``: bytes of a request head are arriving. Deadline: ``--header-timeout``, then ``408``.
@@ -68,6 +70,7 @@ class Phase:
         return self.name
 
 
+PROXY: Final = Phase("PROXY")
 NEW: Final = Phase("NEW")
 IDLE: Final = Phase("IDLE")
 HEAD: Final = Phase("HEAD")
@@ -79,6 +82,7 @@ CLOSED: Final = Phase("CLOSED")
 #: The allowed moves. Anything else is a bug in the protocol, and fails loudly (``PhaseError``).
 #: Every phase may close (CLOSED → CLOSED too: a connection we closed is then lost).
 NEXT: Final[dict[Phase, frozenset[Phase]]] = {
+    PROXY: frozenset({NEW, CLOSED}),
     NEW: frozenset({HEAD, CLOSED}),
     IDLE: frozenset({HEAD, LINGERING, CLOSED}),
     HEAD: frozenset({EXCHANGE, LINGERING, CLOSED}),
@@ -107,6 +111,7 @@ def phase_timeouts(config: Config) -> dict[Phase, float | None]:
     Computed once per worker: entering a phase is then one lookup and one addition.
     """
     return {
+        PROXY: config.header_timeout,
         NEW: config.header_timeout,
         IDLE: config.keepalive_timeout,
         HEAD: config.header_timeout,

@@ -32,6 +32,7 @@ from .lifecycle import (
     LINGER,
     LINGERING,
     NEW,
+    PROXY,
     Cycle,
     Phase,
     check_move,
@@ -39,12 +40,15 @@ from .lifecycle import (
 )
 from .logs import error_log
 from .proxy import apply_proxy_headers
+from .proxy_protocol import NEED_MORE, ProxyHeaderError, starts_like_proxy
+from .proxy_protocol import parse as parse_proxy_header
 from .response import END_CLOSE, END_KEEP_ALIVE, END_KEEP_ALIVE_10, UNTIL_CLOSE, error_head
 from .strict import ChunkedValidator, check_fields, check_head, error_status, head_end
 from .wsgi import Exchange, WSGIApp
 
 if TYPE_CHECKING:
     from .config import Config
+    from .hooks import RequestHooks
     from .state import ServerState
 
 _Connection = h11.Connection
@@ -130,6 +134,8 @@ class HttpProtocol(asyncio.Protocol):
         # same local address; only the client's address is this connection's own.
         self.base_environ = state.base_environ(sock[:2] if isinstance(sock, tuple) else None)
         self.peer = (peer[0], str(peer[1])) if isinstance(peer, tuple) else _NO_PEER
+        if state.proxy_protocol is not None and state.proxy_protocol.is_trusted(self.peer[0]):
+            self.phase = PROXY  # a balancer's connection: its PROXY header comes first
         self.stream = ResponseStream(self.loop, self._flush, config.write_buffer_high)
         self.body = RequestBody(
             self.loop, config.body_buffer, self._resume_body, self._send_continue
@@ -171,6 +177,10 @@ class HttpProtocol(asyncio.Protocol):
     def config(self) -> Config:
         return self.state.config
 
+    @property
+    def request_hooks(self) -> RequestHooks | None:
+        return self.state.request_hooks
+
     def socket_fd(self) -> int | None:
         """The raw socket for ``os.sendfile``, or None where the transport must do the writing.
 
@@ -198,6 +208,11 @@ class HttpProtocol(asyncio.Protocol):
         if phase is HEAD:
             pass
         elif phase is NEW or phase is IDLE:
+            if phase is NEW and self.state.proxy_protocol is not None and starts_like_proxy(data):
+                error_log.warning("PROXY header from %s, which is not in --proxy-allow-from: "
+                                  "refused", _peer(self))
+                self._close()
+                return
             self._enter(HEAD)
         elif phase is EXCHANGE or phase is DISCARDING:
             # Body bytes (or a pipelined request behind them): no head is being read.
@@ -216,6 +231,8 @@ class HttpProtocol(asyncio.Protocol):
             self._pump()
             return
         else:
+            if phase is PROXY:
+                self._proxy_bytes(data)
             return  # LINGERING: read only so that the close is no reset; CLOSED: too late
         head = self.head
         if not head:
@@ -226,6 +243,37 @@ class HttpProtocol(asyncio.Protocol):
             self.head = bytearray(head) + data
         self.conn.receive_data(data)
         self._pump()
+
+    def _proxy_bytes(self, data: bytes) -> None:
+        """Bytes from a trusted balancer before its PROXY header is complete (``PROXY``)."""
+        buffered = self.head + data if self.head else data
+        try:
+            verdict = parse_proxy_header(buffered)
+        except ProxyHeaderError as exc:
+            error_log.warning("Bad PROXY header from %s: %s", _peer(self), exc)
+            self._close()
+            return
+        if verdict is NEED_MORE:
+            self.head = buffered
+            return
+        self.head = b""
+        self._enter(NEW)
+        rest = buffered
+        if not isinstance(verdict, tuple):  # NOT_PROXY: plain HTTP (the header is optional)
+            pass
+        else:
+            header, size = verdict
+            rest = buffered[size:]
+            if header.client is not None:
+                self.peer = (header.client[0], str(header.client[1]))
+            if header.tls:
+                assert self.transport is not None
+                sock = self.transport.get_extra_info("sockname")
+                self.base_environ = self.state.base_environ(
+                    sock[:2] if isinstance(sock, tuple) else None, "https"
+                )
+        if rest:
+            self.data_received(bytes(rest))
 
     def eof_received(self) -> bool:
         phase = self.phase
@@ -365,6 +413,10 @@ class HttpProtocol(asyncio.Protocol):
             if reason is not None:
                 self._client_error(400, reason)
                 return
+        field_limit = config.limit_request_field_size
+        if field_limit and any(len(name) + len(value) > field_limit for name, value in fields):
+            self._client_error(431, "header field too large")
+            return
         if size > config.max_header_bytes:
             # h11 enforces its limit only on a head still incomplete; one that arrived whole in
             # a single read (up to 256 KiB on loopback) gets here unchecked.
@@ -763,6 +815,7 @@ def _close_quietly(proto: HttpProtocol) -> None:
 
 #: What a passed deadline means in each phase (the deadlines themselves: lifecycle).
 _ON_DEADLINE: dict[Phase, Callable[[HttpProtocol], None]] = {
+    PROXY: _close_quietly,  # a balancer that never sent its header
     NEW: _close_quietly,  # nothing was asked, nothing to say
     IDLE: _close_quietly,  # keep-alive timeout
     HEAD: HttpProtocol._head_timeout,

@@ -20,7 +20,9 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import DEFAULT_BIND, Config
-from .logs import error_log
+from .hooks import ServerView, WorkerView
+from .logs import error_log, reopen_files
+from .process import become_worker, own_sockets
 from .protocol import HttpProtocol
 from .sockets import create_socket, describe, parse_bind, socket_from_fd
 from .state import ServerState
@@ -80,8 +82,10 @@ class Server:
         config: Config,
         heartbeat: Callable[[], None] | None = None,
         max_requests: int = 0,
+        worker: WorkerView | None = None,
     ) -> None:
         self.app = app
+        self.worker = worker  # what the hooks are given as ``worker``
         self.config = config
         self.state: ServerState | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -95,7 +99,7 @@ class Server:
         """Serve until ``stop()``; then shut down gracefully."""
         loop = asyncio.get_running_loop()
         config = self.config
-        state = self.state = ServerState(self.app, config, loop)
+        state = self.state = ServerState(self.app, config, loop, self.worker)
         self._stop = asyncio.Event()
         if sockets is None:
             sockets = open_sockets(config)
@@ -201,6 +205,30 @@ class Server:
             await asyncio.sleep(0.05)
 
 
+def run_alone(
+    load_app: Callable[[], WSGIApp],
+    config: Config,
+    server: ServerView,
+    ids: tuple[int | None, int | None] = (None, None),
+) -> int:
+    """``--workers 1``: this process is the one worker, with no supervisor and no fork.
+
+    The sockets are bound first and root dropped after, as in a forked worker; ``pre_fork`` and
+    ``post_fork`` run here, so code kept there runs once per worker either way (see hooks).
+    """
+    sockets = open_sockets(config)
+    own_sockets(sockets, *ids)
+    hooks = config.hooks
+    hooks.run("when_ready", server)
+    worker = WorkerView(config, age=1)
+    hooks.run("pre_fork", server, worker)
+    app = become_worker(config, ids, server, worker, load_app)
+    try:
+        return run(app, config, sockets=sockets, worker=worker)
+    finally:
+        hooks.run("worker_exit", server, worker)
+
+
 def run(
     app: WSGIApp,
     config: Config,
@@ -208,6 +236,7 @@ def run(
     heartbeat: Callable[[], None] | None = None,
     max_requests: int = 0,
     on_ready: Callable[[], None] | None = None,
+    worker: WorkerView | None = None,
 ) -> int:
     """Run one worker in this process until SIGINT/SIGTERM (graceful) or SIGQUIT (fast).
 
@@ -217,7 +246,7 @@ def run(
     config.validate()
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
-    server = Server(app, config, heartbeat=heartbeat, max_requests=max_requests)
+    server = Server(app, config, heartbeat=heartbeat, max_requests=max_requests, worker=worker)
     if heartbeat is None:
         error_log.info("Starting wsgiloop %s", __version__)
     error_log.info(
@@ -227,7 +256,12 @@ def run(
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, server, sig)
-    loop.add_signal_handler(signal.SIGQUIT, _on_quit)
+    loop.add_signal_handler(signal.SIGQUIT, _on_quit, server)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_files)
+    if config.hooks.worker_abort is not None:
+        # Sent by the supervisor on --timeout: a loop too stuck to run a callback may still
+        # run a Python signal handler between two bytecodes of whatever it is stuck in.
+        signal.signal(signal.SIGABRT, lambda signum, frame: _on_abort(server))
     if heartbeat is None and on_ready is None:
         from . import systemd
 
@@ -262,11 +296,23 @@ def _when_started(server: Server, on_ready: Callable[[], None]) -> None:
 
 def _on_signal(server: Server, sig: signal.Signals) -> None:
     error_log.info("Received %s: shutting down gracefully", signal.Signals(sig).name)
+    if sig == signal.SIGINT and server.worker is not None:
+        server.config.hooks.run("worker_int", server.worker)
     server.stop()
 
 
-def _on_quit() -> None:
+def _on_quit(server: Server) -> None:
     """SIGQUIT: leave now, as gunicorn users expect of a fast shutdown."""
     error_log.info("Received SIGQUIT: exiting immediately")
+    if server.worker is not None:
+        server.config.hooks.run("worker_int", server.worker)
     logging.shutdown()
     os._exit(0)
+
+
+def _on_abort(server: Server) -> None:
+    """SIGABRT (the supervisor's --timeout): run ``worker_abort``, then exit at once."""
+    if server.worker is not None:
+        server.config.hooks.run("worker_abort", server.worker)
+    logging.shutdown()
+    os._exit(1)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .config import Config
 from .environ import connection_environ
+from .hooks import RequestHooks, WorkerView
 from .lifecycle import Phase, phase_timeouts
 from .pool import ThreadPool
 from .proxy import ProxyTrust
@@ -43,14 +44,22 @@ class ServerState:
         "hung",
         "loop",
         "pool",
+        "proxy_protocol",
         "proxy_trust",
+        "request_hooks",
         "requests",
         "stopping",
         "timeouts",
         "url_scheme",
     )
 
-    def __init__(self, app: WSGIApp, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        worker: WorkerView | None = None,
+    ) -> None:
         self.app = app
         self.config = config
         self.loop = loop
@@ -58,30 +67,40 @@ class ServerState:
         self.connections: set[Tracked] = set()
         self.stopping = False
         self.requests = 0  # responses completed, for --max-requests
+        #: pre_request/post_request, or None when neither is defined (one test per request).
+        self.request_hooks = RequestHooks.of(config.hooks, worker)
         self.hung = 0  # pool threads still inside an app call that timed out (--timeout)
         #: Seconds from entering each phase of a connection's life to its deadline.
         self.timeouts: dict[Phase, float | None] = phase_timeouts(config)
         self.url_scheme = "https" if config.certfile else config.url_scheme
         #: Whom to believe about X-Forwarded-*/Forwarded; None without --proxy-headers.
         self.proxy_trust = ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
+        #: Who may send a PROXY protocol header; None without --proxy-protocol.
+        self.proxy_protocol = (
+            ProxyTrust(config.proxy_allow_ips) if config.proxy_protocol else None
+        )
         self.default_headers: list[tuple[bytes, bytes]] = []
         self.refresh_headers()
-        self._base_environs: dict[tuple[str, int] | None, dict[str, Any]] = {}
+        self._base_environs: dict[tuple[tuple[str, int] | None, str], dict[str, Any]] = {}
 
-    def base_environ(self, local: tuple[str, int] | None) -> dict[str, Any]:
+    def base_environ(
+        self, local: tuple[str, int] | None, scheme: str | None = None
+    ) -> dict[str, Any]:
         """The per-connection environ keys for connections to ``local`` (None: a Unix socket),
-        shared by all of them: requests copy it, nothing writes to it."""
-        base = self._base_environs.get(local)
+        shared by all of them: requests copy it, nothing writes to it. ``scheme``: what a PROXY
+        header said, where it overrides the listener's."""
+        key = (local, scheme or self.url_scheme)
+        base = self._base_environs.get(key)
         if base is None:
             base = connection_environ(
                 server=local,
                 peer=None,
-                url_scheme=self.url_scheme,
+                url_scheme=key[1],
                 script_name=self.config.root_path,
                 multiprocess=self.config.workers > 1,
             )
             if len(self._base_environs) < 64:  # a few listeners; any number of local addresses
-                self._base_environs[local] = base
+                self._base_environs[key] = base
         return base
 
     def job_done(self, timed_out: bool) -> None:

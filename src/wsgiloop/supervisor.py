@@ -13,7 +13,13 @@ SIGHUP     reload: start fresh workers (re-importing the app) one at a time, ret
            old one gracefully only after its replacement is serving; no request is dropped
 SIGTTIN    one more worker
 SIGTTOU    one worker fewer
+SIGUSR1    reopen the log files, here and in every worker (logrotate's postrotate)
 =========  ============================================================================
+
+With ``--reload`` (development) a watcher thread (``reloader``) turns a changed file into the
+same reload as SIGHUP. Server hooks (``hooks``) run where gunicorn runs them: ``pre_fork``,
+``child_exit``, ``nworkers_changed``, ``on_reload`` here; ``post_fork``, ``post_worker_init`` and
+``worker_exit`` in the worker.
 
 The supervisor never runs an event loop or imports the app (unless ``--preload``), so it stays
 small and a broken deploy fails in the workers, where it is logged, not in the process that
@@ -38,7 +44,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
-from .logs import error_log, set_pid
+from .hooks import ServerView, WorkerView
+from .logs import error_log, reopen_files, set_pid
+from .process import become_worker, own_sockets
 
 WORKER_BOOT_ERROR = 3  # exit status of a worker that could not load the app (as gunicorn)
 MAX_SLOTS = 1024
@@ -50,6 +58,7 @@ _SIGNALS = (
     signal.SIGHUP,
     signal.SIGTTIN,
     signal.SIGTTOU,
+    signal.SIGUSR1,
     signal.SIGCHLD,
 )
 
@@ -63,14 +72,25 @@ class Worker:
     ready: bool = False
     retiring: bool = False
     killed_at: float = 0.0
+    sigkilled: bool = False
 
 
 class Supervisor:
     """The master process of ``--workers N``."""
 
-    def __init__(self, load_app: Callable[[], Any], config: Config) -> None:
+    def __init__(
+        self,
+        load_app: Callable[[], Any],
+        config: Config,
+        server: ServerView | None = None,
+        ids: tuple[int | None, int | None] = (None, None),
+    ) -> None:
         self.load_app = load_app
         self.config = config
+        self.hooks = config.hooks
+        self.server = server or ServerView(config, config.workers)  # what hooks get
+        self.ids = ids  # --user/--group, taken by each worker once it is forked
+        self.age = 0  # workers started so far (gunicorn's worker.age)
         self.target = config.workers
         self.workers: dict[int, Worker] = {}
         self.generation = 0
@@ -92,6 +112,7 @@ class Supervisor:
 
         set_pid(os.getpid())
         self.sockets = open_sockets(self.config)
+        own_sockets(self.sockets, *self.ids)
         error_log.info("Starting wsgiloop supervisor (pid: %d)", os.getpid())
         for sock in self.sockets:
             error_log.info("Listening at: %s (%d)", describe(sock, self.config.url_scheme),
@@ -100,6 +121,14 @@ class Supervisor:
         signal.set_wakeup_fd(self.wake_w)
         for sig in _SIGNALS:
             signal.signal(sig, self._on_signal)
+        self.hooks.run("when_ready", self.server)
+        self.hooks.run("nworkers_changed", self.server, self.target, None)
+        watcher = None
+        if self.config.reload:
+            from .reloader import Watcher
+
+            watcher = Watcher(self.config, self._request_reload)
+            watcher.start()
         notified = False
         try:
             while True:
@@ -118,6 +147,8 @@ class Supervisor:
                         error_log.info("All %d workers are serving", self.target)
                 self._sleep(0.1)
         finally:
+            if watcher is not None:
+                watcher.stop()
             systemd.notify("STOPPING=1")
             for sock in self.sockets:
                 sock.close()
@@ -133,6 +164,13 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.pending.append(signum)
+
+    def _request_reload(self, changed: str) -> None:
+        """From the --reload watcher's thread: reload as SIGHUP does (queued, then woken)."""
+        error_log.info("%s changed: reloading", changed)
+        self.pending.append(signal.SIGHUP)
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"\0")
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -151,13 +189,20 @@ class Supervisor:
             elif sig == signal.SIGHUP:
                 error_log.info("Received SIGHUP: reloading workers")
                 self.generation += 1
+                self.hooks.run("on_reload", self.server)
             elif sig == signal.SIGTTIN:
                 self.target += 1
                 error_log.info("Received SIGTTIN: workers %d", self.target)
+                self.hooks.run("nworkers_changed", self.server, self.target, self.target - 1)
             elif sig == signal.SIGTTOU:
                 if self.target > 1:
                     self.target -= 1
+                    self.hooks.run("nworkers_changed", self.server, self.target, self.target + 1)
                 error_log.info("Received SIGTTOU: workers %d", self.target)
+            elif sig == signal.SIGUSR1:
+                reopen_files()
+                for worker in self.workers.values():
+                    self._kill(worker.pid, signal.SIGUSR1)
 
     def _begin_stop(self, mode: str, name: str) -> None:
         if self.stopping == "fast" or self.stopping == mode:
@@ -223,15 +268,22 @@ class Supervisor:
     def _spawn(self) -> None:
         slot = self._free_slot()
         _SLOT.pack_into(self.beats, slot * 8, 0.0)
+        self.age += 1
+        view = WorkerView(self.config, self.age)
+        self.hooks.run("pre_fork", self.server, view)
         pid = os.fork()
         if pid:
             self.workers[pid] = Worker(pid, slot, time.monotonic(), self.generation)
+            view.pid = pid
+            self.server.WORKERS[pid] = view
             error_log.info("Booting worker with pid: %d", pid)
             return
+        view.pid = os.getpid()
+        view.ppid = os.getppid()
         # -- in the child ---------------------------------------------------------------------
         status = 1
         try:
-            status = self._worker_main(slot)
+            status = self._worker_main(slot, view)
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -242,7 +294,7 @@ class Supervisor:
                 sys.stderr.flush()
             os._exit(status)
 
-    def _worker_main(self, slot: int) -> int:
+    def _worker_main(self, slot: int, view: WorkerView) -> int:
         from .server import run
 
         for sig in _SIGNALS:
@@ -253,7 +305,7 @@ class Supervisor:
         set_pid(os.getpid())
         random.seed()
         try:
-            app = self.load_app()
+            app = become_worker(self.config, self.ids, self.server, view, self.load_app)
         except Exception:
             error_log.exception("Worker failed to boot: could not load the app")
             return WORKER_BOOT_ERROR
@@ -269,14 +321,18 @@ class Supervisor:
         max_requests = config.max_requests
         if max_requests and config.max_requests_jitter:
             max_requests += random.randint(0, config.max_requests_jitter)
-        return run(
-            app,
-            config,
-            sockets=self.sockets,
-            heartbeat=heartbeat,
-            max_requests=max_requests,
-            on_ready=heartbeat,
-        )
+        try:
+            return run(
+                app,
+                config,
+                sockets=self.sockets,
+                heartbeat=heartbeat,
+                max_requests=max_requests,
+                on_ready=heartbeat,
+                worker=view,
+            )
+        finally:
+            self.hooks.run("worker_exit", self.server, view)
 
     def _reap(self) -> None:
         while True:
@@ -289,6 +345,10 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            view = self.server.WORKERS.pop(pid, None)
+            if view is not None:
+                view.alive = False
+                self.hooks.run("child_exit", self.server, view)
             code = os.waitstatus_to_exitcode(status)
             if code == WORKER_BOOT_ERROR and not worker.ready:
                 error_log.error("Worker %d failed to boot: stopping", pid)
@@ -322,6 +382,15 @@ class Supervisor:
             if now - last > timeout and not worker.killed_at:
                 error_log.critical("WORKER TIMEOUT (pid: %d): killing it", worker.pid)
                 worker.killed_at = now
+                # With a worker_abort hook, SIGABRT first (the worker runs it and exits), and
+                # SIGKILL a second later for a worker too stuck even for that.
+                if self.hooks.worker_abort is not None:
+                    self._kill(worker.pid, signal.SIGABRT)
+                else:
+                    worker.sigkilled = True
+                    self._kill(worker.pid, signal.SIGKILL)
+            elif worker.killed_at and now - worker.killed_at > 1.0 and not worker.sigkilled:
+                worker.sigkilled = True
                 self._kill(worker.pid, signal.SIGKILL)
 
     @staticmethod
@@ -333,9 +402,14 @@ class Supervisor:
                 raise
 
 
-def run_supervisor(load_app: Callable[[], Any], config: Config) -> int:
+def run_supervisor(
+    load_app: Callable[[], Any],
+    config: Config,
+    server: ServerView | None = None,
+    ids: tuple[int | None, int | None] = (None, None),
+) -> int:
     """Run ``config.workers`` workers under a supervisor until told to stop."""
     if config.preload:
         app = load_app()
-        return Supervisor(lambda: app, config).run()
-    return Supervisor(load_app, config).run()
+        return Supervisor(lambda: app, config, server, ids).run()
+    return Supervisor(load_app, config, server, ids).run()

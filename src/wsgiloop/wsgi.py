@@ -39,6 +39,7 @@ from .response import (
 
 if TYPE_CHECKING:
     from .config import Config
+    from .hooks import RequestHooks
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -57,6 +58,10 @@ class Channel(Protocol):
 
     @property
     def config(self) -> Config: ...
+
+    @property
+    def request_hooks(self) -> RequestHooks | None:
+        """``pre_request``/``post_request``, or None when neither is defined."""
 
     def socket_fd(self) -> int | None:
         """The raw socket for ``os.sendfile``, or None where the transport must do the writing."""
@@ -204,7 +209,7 @@ class Exchange:
         """
         span = wrapper.sendfile_span()
         sock = self.channel.socket_fd()
-        if span is None or sock is None:
+        if span is None or sock is None or not self.channel.config.sendfile:
             return False
         file_fd, offset, available = span
         response = self.response
@@ -260,7 +265,10 @@ class Exchange:
             # Abandoned while waiting for a thread (client gone, or --timeout): don't run it.
             channel.release(self)
             return
+        hooks = channel.request_hooks
         try:
+            if hooks is not None:
+                hooks.before(self.environ)
             result = channel.app(self.environ, self.start_response)
             if type(result) is list or type(result) is tuple:
                 chunks = [c if type(c) is bytes else _as_bytes(c) for c in result]
@@ -295,6 +303,14 @@ class Exchange:
                     error_log.exception("Error closing the response iterable")
             if not ended:
                 channel.release(self)
+            if hooks is not None:
+                response = self.response
+                hooks.after(
+                    self.environ,
+                    response.status if response.headers_sent else "",
+                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],
+                    self.sent,
+                )
             if access_log.isEnabledFor(logging.INFO):
                 status = self.response.status if self.response.headers_sent else "-"
                 log_access(
