@@ -80,3 +80,15 @@ def reads_body(seen: list[str]) -> Callable[..., Iterable[bytes]]:
         return [b"ok"]
 
     return app
+
+
+def paste_app(global_conf: dict[str, str], **local_conf: str) -> Callable[..., Iterable[bytes]]:
+    """A PasteDeploy app factory (``use = call:apps:paste_app`` in an .ini file)."""
+    greeting = local_conf.get("greeting", "Hello, world!")
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        body = greeting.encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    return app

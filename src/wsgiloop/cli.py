@@ -36,17 +36,22 @@ __all__ = ["AppImportError", "build_parser", "config_from_args", "load_app", "ma
 #: 2 a bad command line or configuration, or (one worker) an app that does not import.
 EXIT_CONFIG = 2
 
+#: Read from the current directory when no --config is given, the first that exists.
+DEFAULT_CONFIG_FILES = ("wsgiloop.conf.py", "gunicorn.conf.py")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Options default to "not given" so that the config file and environment can fill them."""
     defaults = Config()
     p = argparse.ArgumentParser(
         prog="wsgiloop",
+        usage="%(prog)s [OPTIONS] [APP]",
         description="Serve a WSGI application: h11 on an asyncio event loop, the app on threads.",
         epilog="Every option can also come from a config file (-c: TOML, or Python as a "
         "gunicorn.conf.py), a WSGILOOP_<NAME> environment variable or WSGILOOP_CMD_ARGS. "
         "Precedence: defaults < PORT/WEB_CONCURRENCY < file < WSGILOOP_<NAME> < "
-        "WSGILOOP_CMD_ARGS < command line.",
+        "WSGILOOP_CMD_ARGS (or GUNICORN_CMD_ARGS) < command line. Without -c, "
+        "./wsgiloop.conf.py or ./gunicorn.conf.py is read if there.",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("app", metavar="APP", nargs="?", help="MODULE:ATTRIBUTE or MODULE:FACTORY()")
@@ -70,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for item in FOREIGN:
         if item.flags:
-            kwargs: dict[str, Any] = {"action": "store_true"} if not item.takes_value else {}
+            kwargs: dict[str, Any] = (
+                {"metavar": "VALUE"} if item.takes_value else {"action": "store_true"}
+            )
             foreign.add_argument(*item.flags, dest=f"foreign:{item.name}",
                                  help=f"{item.verdict.split('-')[0]}: {item.reason}", **kwargs)
     return p
@@ -128,15 +135,24 @@ def config_from_args(
     notes = [] if notes is None else notes
     given = _given(args, notes)
     config_file = given.pop("config_file", None)
-    cmd_args = environ.get("WSGILOOP_CMD_ARGS", "").strip()
+    # GUNICORN_CMD_ARGS too, so that a Dockerfile's ENV keeps working once CMD says wsgiloop.
+    source = "WSGILOOP_CMD_ARGS" if environ.get("WSGILOOP_CMD_ARGS") else "GUNICORN_CMD_ARGS"
+    cmd_args = environ.get(source, "").strip()
     from_cmd_args: dict[str, Any] = {}
     if cmd_args:
         try:
             parsed = build_parser().parse_args(shlex.split(cmd_args))
         except SystemExit:
-            raise ConfigError(f"WSGILOOP_CMD_ARGS={cmd_args!r}: see the error above") from None
+            raise ConfigError(f"{source}={cmd_args!r}: see the error above") from None
         from_cmd_args = _given(parsed, notes)
         config_file = from_cmd_args.pop("config_file", None) or config_file
+    if config_file is None:
+        # As gunicorn reads ./gunicorn.conf.py when no -c is given.
+        for candidate in DEFAULT_CONFIG_FILES:
+            if os.path.isfile(candidate):
+                config_file = candidate
+                notes.append(f"Using ./{candidate} (no --config given)")
+                break
     values: dict[str, Any] = {}
     values.update(from_platform(environ))
     hooks = None
@@ -187,10 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     try:
         config = config_from_args(args, notes=notes)
+        if config.app is None and config.paste is None:
+            raise ConfigError("the APP argument is required (e.g. wsgiloop wsgiloop.demo:app)")
     except (ConfigError, TypeError, ValueError) as exc:
-        parser.error(str(exc))
-    if config.app is None and config.paste is None:
-        parser.error("the APP argument is required (e.g. wsgiloop wsgiloop.demo:app)")
+        sys.stderr.write(f"wsgiloop: error: {exc}\n")  # one line: the option and the reason
+        return EXIT_CONFIG
     try:
         process.prepare(config)
         ids = process.resolve_ids(config)
