@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, Process, spawn_server
-from test_supervisor import wait_for
 from gunicorn_deployments import DEPLOYMENTS, Deployment
+from test_supervisor import wait_for
 
 APP = "apps:hello"
 BIND = "127.0.0.1:0"
