@@ -1,0 +1,152 @@
+"""The servers of the table and exactly how each is started.
+
+A server is a name and a function from (where the executables are, the row's app, the port) to
+the argv that starts it, plus a note the report prints beside its command line. Adding a server
+is adding one builder and one ``Server`` entry to ``SERVERS``; the harness starts, measures and
+stops every server the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from layout import BENCH_DIR, HOST
+
+#: Limits every server gets where it has the option, so that no row measures a default cap
+#: instead of the server: cheroot's listen backlog is 5 by default and it keeps at most 10 idle
+#: keep-alive connections, gunicorn's gthread worker holds at most 1,000 connections, waitress
+#: at most 100, granian's backpressure (concurrent connections per worker) equals its backlog,
+#: wsgiloop answers 503 past 4,096 connections.
+BACKLOG = 2048
+CONNECTION_LIMIT = 10_000
+#: Keep-alive timeout (seconds) for servers that have one: longer than any row, so that the
+#: idle row measures held connections, not a timer (gunicorn's default is 2 s, uvicorn's 5 s).
+KEEPALIVE = 60
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where a server's executables are and how many app threads it gets."""
+
+    bindir: Path
+    python: Path
+    threads: int
+
+
+ArgvBuilder = Callable[[Launch, str, str], list[str]]
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    argv: ArgvBuilder  # (launch, app, port) -> argv
+    peer: bool = True
+    note: str = ""
+
+
+def _wsgiloop(launch: Launch, app: str, port: str) -> list[str]:
+    return [
+        str(launch.python), "-m", "wsgiloop", f"apps:{app}",
+        "--bind", f"{HOST}:{port}",
+        "--threads", str(launch.threads),
+        "--backlog", str(BACKLOG), "--limit-concurrency", str(CONNECTION_LIMIT),
+        "--keep-alive", str(KEEPALIVE),
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _gunicorn(worker: str) -> ArgvBuilder:
+    def build(launch: Launch, app: str, port: str) -> list[str]:
+        # The sync worker is single-threaded by design: gunicorn itself switches to gthread when
+        # threads > 1, so it gets 1 thread (its whole point of comparison).
+        threads = launch.threads if worker == "gthread" else 1
+        return [
+            str(launch.bindir / "gunicorn"), f"apps:{app}",
+            "--bind", f"{HOST}:{port}",
+            "--worker-class", worker, "--workers", "1", "--threads", str(threads),
+            "--worker-connections", str(CONNECTION_LIMIT),
+            "--backlog", str(BACKLOG),
+            "--keep-alive", str(KEEPALIVE),
+            "--log-level", "warning",
+        ]  # fmt: skip
+
+    return build
+
+
+def _waitress(launch: Launch, app: str, port: str) -> list[str]:
+    return [
+        str(launch.bindir / "waitress-serve"),
+        f"--listen={HOST}:{port}",
+        f"--threads={launch.threads}",
+        f"--backlog={BACKLOG}",
+        f"--connection-limit={CONNECTION_LIMIT}",
+        f"--channel-timeout={KEEPALIVE}",
+        # select() (the default) crashes the server past file descriptor 1023.
+        "--asyncore-use-poll",
+        f"apps:{app}",
+    ]
+
+
+def _uvicorn(launch: Launch, app: str, port: str) -> list[str]:
+    return [
+        str(launch.bindir / "uvicorn"), f"asgi_apps:{app}",
+        "--host", HOST, "--port", port,
+        "--loop", "uvloop", "--http", "httptools",
+        "--backlog", str(BACKLOG),
+        "--timeout-keep-alive", str(KEEPALIVE),
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _granian(launch: Launch, app: str, port: str) -> list[str]:
+    return [
+        str(launch.bindir / "granian"), "--interface", "wsgi",
+        "--host", HOST, "--port", port,
+        "--workers", "1", "--blocking-threads", str(launch.threads), "--runtime-threads", "1",
+        "--backlog", str(BACKLOG), "--backpressure", str(CONNECTION_LIMIT),
+        "--no-ws", "--log-level", "warning",
+        f"apps:{app}",
+    ]  # fmt: skip
+
+
+def _cheroot(launch: Launch, app: str, port: str) -> list[str]:
+    # serve_cheroot.py is `python -m cheroot` plus --keep-alive-conn-limit (see its docstring).
+    return [
+        str(launch.python), str(BENCH_DIR / "serve_cheroot.py"), f"apps:{app}",
+        "--bind", f"{HOST}:{port}",
+        "--threads", str(launch.threads), "--max-threads", str(launch.threads),
+        "--request-queue-size", str(BACKLOG),
+        "--timeout", str(KEEPALIVE),
+        "--keep-alive-conn-limit", str(CONNECTION_LIMIT),
+    ]  # fmt: skip
+
+
+SERVERS: list[Server] = [
+    Server("wsgiloop", _wsgiloop, peer=False),
+    Server("gunicorn-gthread", _gunicorn("gthread")),
+    Server(
+        "gunicorn-sync",
+        _gunicorn("sync"),
+        note="1 thread (gunicorn turns a threaded sync worker into gthread); one request at a "
+        "time, `Connection: close` on every response",
+    ),
+    Server("waitress", _waitress, note="poll() instead of select(), which fails past fd 1023"),
+    Server(
+        "uvicorn",
+        _uvicorn,
+        note="WSGI through a2wsgi.WSGIMiddleware(app, workers=threads) (bench/asgi_apps.py)",
+    ),
+    Server(
+        "granian",
+        _granian,
+        note="Rust HTTP stack; no keep-alive timeout option (idle connections close after its "
+        "30 s header-read timeout)",
+    ),
+    Server(
+        "cheroot",
+        _cheroot,
+        note="bench/serve_cheroot.py = `python -m cheroot` + keep_alive_conn_limit (default 10)",
+    ),
+]
