@@ -2,7 +2,8 @@
 
 Every server runs the same WSGI apps (``bench/apps.py``) in one process with the same number of
 app threads, pinned to CPU 0; the load generator (wrk, and ``idle_conns.py`` for the idle row)
-is pinned to CPU 1. Each (workload, server) pair gets a fresh server process, so the peak RSS
+is pinned to CPU 1 (with ``--workers N`` > 1, N processes per server, and both share both
+CPUs). Each (workload, server) pair gets a fresh server process, so the peak RSS
 of a row is that row's own. Results go to stdout as one markdown table and to
 ``bench/results/<date>.md`` and ``.json``.
 
@@ -36,38 +37,67 @@ from environment import (
     source_digest,
     wsgiloop_env,
 )
-from layout import BENCH_DIR, LOAD_CPU, RESULTS_DIR, SERVER_CPU, SOURCE_DIR, log
+from layout import (
+    BENCH_DIR,
+    LOAD_CPU,
+    RESULTS_DIR,
+    SERVER_CPU,
+    SOURCE_DIR,
+    Placement,
+    log,
+    placement,
+)
 from load import IdleHolder, WrkResult, probe, run_wrk
-from processes import CpuWatch, Memory, ServerProcess, free_port, tree_memory, tree_rss_kib
+from processes import (
+    CpuWatch,
+    Memory,
+    ServerProcess,
+    free_port,
+    tree_memory,
+    tree_rss_kib,
+    wait_settled,
+)
 from report import Row, command_lines, write_report
 from servers import BACKLOG, CONNECTION_LIMIT, KEEPALIVE, SERVERS, Launch, Server
 from workloads import Workload, workloads
 
 
+@dataclass
+class Setup:
+    """Everything a run needs that depends on the mode: how to launch, environment, versions."""
+
+    launch: Launch
+    env: dict[str, str]
+    versions: dict[str, str]
+    wsgiloop_source: str
+    cpus: Placement
+
+
 def run_row(
     server: Server,
     load: Workload,
-    launch: Launch,
-    opts: argparse.Namespace,
-    env: dict[str, str],
+    setup: Setup,
+    duration: float,
     wrk: str,
     dirs: tuple[Path, Path],
 ) -> Row:
     """One workload against one fresh server; ``dirs`` = (scratch dir, server log dir)."""
     workdir, logs_dir = dirs
     port = free_port()
-    argv = server.argv(launch, load.app, str(port))
+    argv = server.argv(setup.launch, load.app, str(port))
     row = Row(load.name, server.name, argv=argv)
     log_path = logs_dir / f"{server.name}--{load.name}.log"
-    srv = ServerProcess(argv, env, log_path, opts.pin)
+    srv = ServerProcess(argv, setup.env, log_path, setup.cpus.server)
     holder: IdleHolder | None = None
     try:
         if not srv.wait_ready(port):
             row.failure = "server did not answer" if srv.alive() else "server exited at start"
             return row
         if load.idle:
+            if setup.launch.workers > 1:
+                wait_settled(srv.pid)
             rss_before = tree_rss_kib(srv.pid)
-            holder = IdleHolder(port, load.idle, opts.pin)
+            holder = IdleHolder(port, load.idle, setup.cpus.load)
             ready = holder.ready()
             rss_held = tree_rss_kib(srv.pid)
             held = int(ready.get("held", 0))
@@ -78,7 +108,7 @@ def run_row(
                 "kib_per_conn": (rss_held - rss_before) / held if held else None,
             }
         watch = CpuWatch(srv.pid, holder.proc.pid if holder else None)
-        res = run_wrk(wrk, port, load, opts.duration, workdir, opts.pin)
+        res = run_wrk(wrk, port, load, duration, workdir, setup.cpus.load)
         row.other_cpu_percent = round(watch.other_percent(), 1)
         if holder is not None and row.idle is not None:
             row.idle["alive_after_load"] = holder.finish().get("alive")
@@ -151,10 +181,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workloads", help="comma list of rows (idle matches idle-N)")
     p.add_argument("--idle-conns", type=int, default=5000, help="idle row size (default 5000)")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes per server (default 1); above 1, servers that run only one "
+        "process are left out, and servers and load share both CPUs",
+    )
+    p.add_argument(
         "--smoke",
         action="store_true",
-        help="CI check: 1 s rows, wsgiloop only from this interpreter, no venv; "
-        "exits non-zero on a failed row or any error",
+        help="CI check: 1 s rows, wsgiloop only (or --servers among "
+        + ",".join(s.name for s in SERVERS if s.in_smoke)
+        + ") from this interpreter, no venv; exits non-zero on a failed row or any error",
     )
     p.add_argument("--skip-install", action="store_true", help="reuse bench/.venv as it is")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
@@ -183,42 +221,47 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _iter_plan(
-    loads: list[Workload], servers: list[Server], rounds: int = 1
+    loads: list[Workload], servers: list[Server], rounds: int = 1, workers: int = 1
 ) -> Iterator[tuple[Workload, Server]]:
     # Row-major: all servers of one workload back to back, so a row's ratios are measured
     # minutes, not a whole run, apart. With several rounds the order alternates (forward, then
-    # backward), so a machine that drifts during a row favours no server.
+    # backward), so a machine that drifts during a row favours no server. A server that cannot
+    # serve a row's app (the ceiling serves only hello) or run the workers asked for sits out.
     for load in loads:
+        able = [srv for srv in servers if srv.serves(load.app, workers)]
         for r in range(rounds):
-            for srv in servers if r % 2 == 0 else servers[::-1]:
+            for srv in able if r % 2 == 0 else able[::-1]:
                 yield load, srv
 
 
-@dataclass
-class Setup:
-    """Everything a run needs that depends on the mode: how to launch, environment, versions."""
-
-    launch: Launch
-    env: dict[str, str]
-    versions: dict[str, str]
-    wsgiloop_source: str
+def _left_out(loads: list[Workload], servers: list[Server], workers: int) -> dict[str, list[str]]:
+    """Server -> the selected rows it sits out, for the log."""
+    out: dict[str, list[str]] = {}
+    for srv in servers:
+        skipped = [w.name for w in loads if not srv.serves(w.app, workers)]
+        if skipped:
+            out[srv.name] = skipped
+    return out
 
 
 _PEER_PACKAGES = ["gunicorn", "waitress", "uvicorn", "httptools", "a2wsgi", "granian", "cheroot"]
+_FRAMEWORK_PACKAGES = ["flask", "werkzeug", "jinja2", "django"]
 
 
 def prepare(opts: argparse.Namespace, servers: list[Server], scratch: Path) -> Setup:
     pythonpath = [str(BENCH_DIR)]
     if opts.smoke:
         # The wsgiloop this interpreter imports (CI: the checkout's editable install).
-        launch = Launch(Path(sys.executable).parent, Path(sys.executable), opts.threads)
+        launch = Launch(
+            Path(sys.executable).parent, Path(sys.executable), opts.threads, opts.workers
+        )
         pythonpath += wsgiloop_env(sys.executable).get("PYTHONPATH", "").split(os.pathsep)
-        packages = ["wsgiloop", "h11", "uvloop"]
+        packages = ["wsgiloop", "h11", "uvloop", *_FRAMEWORK_PACKAGES]
         source = f"the wsgiloop that {sys.executable} imports"
     else:
-        bindir = ensure_venv(opts.skip_install, any(not s.peer for s in servers))
-        launch = Launch(bindir, bindir / "python", opts.threads)
-        packages = ["wsgiloop", "h11", "uvloop", *_PEER_PACKAGES]
+        bindir = ensure_venv(opts.skip_install, any(s.needs_wsgiloop for s in servers))
+        launch = Launch(bindir, bindir / "python", opts.threads, opts.workers)
+        packages = ["wsgiloop", "h11", "uvloop", *_PEER_PACKAGES, *_FRAMEWORK_PACKAGES]
         source = "-"
         if SOURCE_DIR.is_dir():
             pythonpath.append(str(snapshot_source(scratch)))
@@ -230,7 +273,8 @@ def prepare(opts: argparse.Namespace, servers: list[Server], scratch: Path) -> S
         "BENCH_THREADS": str(opts.threads),
     }
     env.pop("PYTHONSTARTUP", None)
-    return Setup(launch, env, package_versions(launch.python, packages), source)
+    cpus = placement(opts.pin, opts.workers)
+    return Setup(launch, env, package_versions(launch.python, packages), source, cpus)
 
 
 def run_all(
@@ -247,7 +291,7 @@ def run_all(
     try:
         for load, srv in plan:
             log(f"{load.name:<16} {srv.name:<17} ...")
-            row = run_row(srv, load, setup.launch, opts, setup.env, wrk, dirs)
+            row = run_row(srv, load, setup, opts.duration, wrk, dirs)
             rows.append(row)
             status = (
                 f"{row.rps:,.0f} req/s, {row.errors} errors" if row.ok else "FAILED: " + row.failure
@@ -263,9 +307,9 @@ def smoke_verdict(rows: list[Row]) -> int:
     failed = [r for r in rows if not r.ok]
     errored = [r for r in rows if r.ok and (r.errors or r.error_detail)]
     for r in failed:
-        log(f"smoke: {r.workload} not served: {r.failure}")
+        log(f"smoke: {r.workload} ({r.server}) not served: {r.failure}")
     for r in errored:
-        log(f"smoke: {r.workload} had errors: {r.error_detail}")
+        log(f"smoke: {r.workload} ({r.server}) had errors: {r.error_detail}")
     return 1 if failed or errored else 0
 
 
@@ -273,17 +317,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     if opts.smoke:
         opts.duration = 1.0
-        if opts.servers and _split(opts.servers) != ["wsgiloop"]:
-            raise SystemExit("--smoke runs wsgiloop only")
-        opts.servers = "wsgiloop"
-    if opts.smoke:
         opts.rounds = 1
-    if opts.threads < 1 or opts.duration <= 0 or opts.rounds < 1:
-        raise SystemExit("--threads, --duration and --rounds must be positive")
+        opts.servers = opts.servers or "wsgiloop"
+        smoke_able = {s.name for s in SERVERS if s.in_smoke}
+        if not set(_split(opts.servers) or []) <= smoke_able:
+            raise SystemExit(f"--smoke runs only {', '.join(sorted(smoke_able))}")
+    if opts.threads < 1 or opts.duration <= 0 or opts.rounds < 1 or opts.workers < 1:
+        raise SystemExit("--threads, --duration, --rounds and --workers must be positive")
     servers: list[Server] = _select(SERVERS, _split(opts.servers), "server", str)
     loads: list[Workload] = _select(
         workloads(opts.idle_conns), _split(opts.workloads), "workload", _idle_alias
     )
+    plan = list(_iter_plan(loads, servers, opts.rounds, opts.workers))
+    for name, skipped in _left_out(loads, servers, opts.workers).items():
+        log(f"{name} sits out {', '.join(skipped)} (it cannot serve the app or the workers)")
+    if not plan:
+        raise SystemExit("nothing to run: no selected server can serve a selected row")
+    servers = [s for s in servers if any(srv is s for _, srv in plan)]
 
     cpus = os.sched_getaffinity(0)
     if opts.pin and not ({int(SERVER_CPU), int(LOAD_CPU)} <= cpus and shutil.which("taskset")):
@@ -294,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = dt.datetime.now()
     stamp = started.strftime("%Y-%m-%d_%H%M%S") + ("-smoke" if opts.smoke else "")
+    if opts.workers > 1:
+        stamp += f"-workers{opts.workers}"
     logs_dir = opts.output_dir / f"{stamp}-logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -304,7 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mode": "smoke" if opts.smoke else "full",
             "duration": opts.duration,
             "threads": opts.threads,
+            "workers": opts.workers,
             "pinned": opts.pin,
+            "cpus": {"server": setup.cpus.server, "load": setup.cpus.load},
             "machine": machine_info(),
             "versions": setup.versions,
             "wsgiloop_source": setup.wsgiloop_source,
@@ -314,16 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "keepalive": KEEPALIVE,
             },
         }
-        rows, interrupted = run_all(
-            opts,
-            list(_iter_plan(loads, servers, opts.rounds)),
-            setup,
-            wrk,
-            (Path(tmp), logs_dir),
-        )
+        rows, interrupted = run_all(opts, plan, setup, wrk, (Path(tmp), logs_dir))
     if interrupted:
         meta["interrupted"] = True
-    write_report(opts, stamp, meta, rows, command_lines(servers, setup.launch))
+    commands = command_lines(servers, setup.launch, setup.cpus.server)
+    write_report(opts, stamp, meta, rows, commands)
 
     if interrupted:
         return 130

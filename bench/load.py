@@ -1,7 +1,7 @@
 """The load generators: wrk (run and its output parsed), the idle-connection holder, and the
 one check request that tells a slow server from one that does not serve a row at all.
 
-All of them run pinned to the load CPU and talk to the loopback address only.
+wrk and the holder run pinned to the load CPU(s) and talk to the loopback address only.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layout import BENCH_DIR, HOST, LOAD_CPU
+from layout import BENCH_DIR, HOST, taskset
 from workloads import Workload
 
 WRK_TIMEOUT = "10s"
@@ -78,9 +78,10 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def run_wrk(
-    wrk: str, port: int, load: Workload, duration: float, script_dir: Path, pin: bool
+    wrk: str, port: int, load: Workload, duration: float, script_dir: Path, cpus: str | None
 ) -> WrkResult:
-    cmd = (["taskset", "-c", LOAD_CPU] if pin else []) + [
+    cmd = [
+        *taskset(cpus),
         wrk, "-t", "1", "-c", str(load.connections), "-d", f"{duration:g}s",
         "--timeout", WRK_TIMEOUT, "--latency",
     ]  # fmt: skip
@@ -106,10 +107,11 @@ def run_wrk(
 
 
 class IdleHolder:
-    """``idle_conns.py`` run as a child pinned to the load CPU; holds its connections open."""
+    """``idle_conns.py`` run as a child pinned to the load CPU(s); holds its connections open."""
 
-    def __init__(self, port: int, count: int, pin: bool) -> None:
-        cmd = (["taskset", "-c", LOAD_CPU] if pin else []) + [
+    def __init__(self, port: int, count: int, cpus: str | None) -> None:
+        cmd = [
+            *taskset(cpus),
             sys.executable, str(BENCH_DIR / "idle_conns.py"),
             "--host", HOST, "--port", str(port), "--count", str(count),
         ]  # fmt: skip

@@ -1,6 +1,6 @@
 """A server as a process tree, and what /proc says about it: peak memory, CPU time, liveness.
 
-``ServerProcess`` starts one server pinned to the server CPU and stops it with SIGTERM, then
+``ServerProcess`` starts one server pinned to its CPU(s) and stops it with SIGTERM, then
 SIGKILL to whatever of its tree is left. The rest reads /proc: a server may be a supervisor
 plus workers, so memory and CPU are summed over the whole tree, and ``CpuWatch`` tells how much
 of the machine something else used while a row ran.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layout import BENCH_DIR, HOST, SERVER_CPU
+from layout import BENCH_DIR, HOST, taskset
 
 READY_TIMEOUT = 120.0  # a bound for a loaded machine, not an expectation
 STOP_TIMEOUT = 10.0
@@ -91,6 +91,26 @@ def tree_rss_kib(root: int) -> int:
     return sum(_status_kib(pid, "VmRSS") for pid in process_tree(root))
 
 
+SETTLE_TIMEOUT = 30.0  # a bound for a loaded machine, not an expectation
+
+
+def wait_settled(root: int, timeout: float = SETTLE_TIMEOUT) -> None:
+    """Wait until the tree's process count and RSS stop moving (within 1% over half a second).
+
+    A server with several workers answers its first request as soon as one worker is up; the
+    others may still be starting (importing the app), which would count as memory of the idle
+    connections opened next.
+    """
+    deadline = time.monotonic() + timeout
+    last = (len(process_tree(root)), tree_rss_kib(root))
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = (len(process_tree(root)), tree_rss_kib(root))
+        if now[0] == last[0] and abs(now[1] - last[1]) <= last[1] / 100:
+            return
+        last = now
+
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -157,14 +177,16 @@ def _answers(port: int) -> bool:
 
 
 class ServerProcess:
-    """One server, started pinned to the server CPU, stopped with SIGTERM then SIGKILL."""
+    """One server, started pinned to ``cpus`` (None: not pinned), stopped with SIGTERM then
+    SIGKILL."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, pin: bool) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log_path: Path, cpus: str | None
+    ) -> None:
         self.argv = argv
         self.log_path = log_path
-        cmd = (["taskset", "-c", SERVER_CPU] if pin else []) + argv
+        cmd = [*taskset(cpus), *argv]
         self.log = log_path.open("wb")
-        # taskset execs the server, so the pid is the server's own, not a wrapper's.
         self.proc = subprocess.Popen(
             cmd,
             cwd=BENCH_DIR,

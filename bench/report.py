@@ -10,7 +10,7 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from layout import LOAD_CPU, REPO_ROOT, SERVER_CPU, log
+from layout import REPO_ROOT, SERVER_CPU, log, taskset
 from servers import SERVERS, Launch, Server
 
 
@@ -123,13 +123,27 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def command_lines(servers: list[Server], launch: Launch) -> dict[str, str]:
+def command_lines(
+    servers: list[Server], launch: Launch, cpus: str | None = SERVER_CPU
+) -> dict[str, str]:
     out = {}
     for srv in servers:
         argv = srv.argv(launch, "APP", "PORT")
         rel = [a.replace(str(REPO_ROOT) + "/", "") for a in argv]
-        out[srv.name] = shlex.join(["taskset", "-c", SERVER_CPU, *rel])
+        out[srv.name] = shlex.join([*taskset(cpus or SERVER_CPU), *rel])
     return out
+
+
+def _placement_line(meta: dict[str, Any]) -> str:
+    cpus = meta["cpus"]
+    if meta["workers"] > 1:
+        text = (
+            f"{meta['workers']} worker processes per server (single-process servers left out); "
+            f"server and load share CPUs {cpus['server']}"
+        )
+    else:
+        text = f"server on CPU {cpus['server']}, load on CPU {cpus['load']}"
+    return text if meta["pinned"] else text + " (NOT pinned)"
 
 
 def _server_line(name: str, cmd: str) -> str:
@@ -142,8 +156,7 @@ def render_markdown(meta: dict[str, Any], rows: list[Row], commands: dict[str, s
         f"# wsgiloop benchmark, {meta['started']}",
         "",
         f"- mode: {meta['mode']}; {meta['duration']:g} s per row; {meta['threads']} app threads; "
-        f"server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}"
-        + ("" if meta["pinned"] else " (NOT pinned)"),
+        + _placement_line(meta),
         f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
         f"Linux {meta['machine']['kernel']}, Python {meta['machine']['python']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(meta["versions"].items())),

@@ -1,9 +1,11 @@
 """The servers of the table and exactly how each is started.
 
 A server is a name and a function from (where the executables are, the row's app, the port) to
-the argv that starts it, plus a note the report prints beside its command line. Adding a server
-is adding one builder and one ``Server`` entry to ``SERVERS``; the harness starts, measures and
-stops every server the same way.
+the argv that starts it, plus what it can do (which apps it serves, whether it runs several
+worker processes, whether it runs from the project's own interpreter in ``--smoke``) and a note
+the report prints beside its command line. Adding a server is adding one builder and one
+``Server`` entry to ``SERVERS``; the harness starts, measures and stops every server the same
+way.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ KEEPALIVE = 60
 
 @dataclass(frozen=True)
 class Launch:
-    """Where a server's executables are and how many app threads it gets."""
+    """Where a server's executables are, how many app threads and worker processes it gets."""
 
     bindir: Path
     python: Path
     threads: int
+    workers: int = 1
 
 
 ArgvBuilder = Callable[[Launch, str, str], list[str]]
@@ -42,8 +45,23 @@ ArgvBuilder = Callable[[Launch, str, str], list[str]]
 class Server:
     name: str
     argv: ArgvBuilder  # (launch, app, port) -> argv
-    peer: bool = True
     note: str = ""
+    #: The apps (``Workload.app``) it can serve; None: every app.
+    apps: frozenset[str] | None = None
+    #: Whether it can run ``Launch.workers`` > 1 processes (``--workers``).
+    multi_worker: bool = True
+    #: Runs from the project's interpreter, needing only wsgiloop's dependencies (``--smoke``).
+    in_smoke: bool = False
+    #: Needs wsgiloop installed in the bench venv.
+    needs_wsgiloop: bool = False
+
+    def serves(self, app: str, workers: int) -> bool:
+        return (self.apps is None or app in self.apps) and (workers == 1 or self.multi_worker)
+
+
+def _workers(launch: Launch) -> list[str]:
+    """``--workers N`` for servers whose default is one process, only when N > 1."""
+    return ["--workers", str(launch.workers)] if launch.workers > 1 else []
 
 
 def _wsgiloop(launch: Launch, app: str, port: str) -> list[str]:
@@ -54,6 +72,7 @@ def _wsgiloop(launch: Launch, app: str, port: str) -> list[str]:
         "--backlog", str(BACKLOG), "--limit-concurrency", str(CONNECTION_LIMIT),
         "--keep-alive", str(KEEPALIVE),
         "--no-access-log", "--log-level", "warning",
+        *_workers(launch),
     ]  # fmt: skip
 
 
@@ -65,7 +84,7 @@ def _gunicorn(worker: str) -> ArgvBuilder:
         return [
             str(launch.bindir / "gunicorn"), f"apps:{app}",
             "--bind", f"{HOST}:{port}",
-            "--worker-class", worker, "--workers", "1", "--threads", str(threads),
+            "--worker-class", worker, "--workers", str(launch.workers), "--threads", str(threads),
             "--worker-connections", str(CONNECTION_LIMIT),
             "--backlog", str(BACKLOG),
             "--keep-alive", str(KEEPALIVE),
@@ -97,6 +116,7 @@ def _uvicorn(launch: Launch, app: str, port: str) -> list[str]:
         "--backlog", str(BACKLOG),
         "--timeout-keep-alive", str(KEEPALIVE),
         "--no-access-log", "--log-level", "warning",
+        *_workers(launch),
     ]  # fmt: skip
 
 
@@ -104,7 +124,8 @@ def _granian(launch: Launch, app: str, port: str) -> list[str]:
     return [
         str(launch.bindir / "granian"), "--interface", "wsgi",
         "--host", HOST, "--port", port,
-        "--workers", "1", "--blocking-threads", str(launch.threads), "--runtime-threads", "1",
+        "--workers", str(launch.workers),
+        "--blocking-threads", str(launch.threads), "--runtime-threads", "1",
         "--backlog", str(BACKLOG), "--backpressure", str(CONNECTION_LIMIT),
         "--no-ws", "--log-level", "warning",
         f"apps:{app}",
@@ -123,8 +144,32 @@ def _cheroot(launch: Launch, app: str, port: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _ceiling(launch: Launch, app: str, port: str) -> list[str]:
+    return [
+        str(launch.python), str(BENCH_DIR / "ceiling.py"), f"apps:{app}",
+        "--bind", f"{HOST}:{port}",
+        "--threads", str(launch.threads),
+        "--backlog", str(BACKLOG),
+    ]  # fmt: skip
+
+
 SERVERS: list[Server] = [
-    Server("wsgiloop", _wsgiloop, peer=False),
+    Server(
+        "wsgiloop",
+        _wsgiloop,
+        in_smoke=True,
+        needs_wsgiloop=True,
+    ),
+    Server(
+        "ceiling",
+        _ceiling,
+        apps=frozenset({"hello"}),
+        multi_worker=False,
+        in_smoke=True,
+        note="not a peer: the design's ceiling (bench/ceiling.py), h11 parsing each head plus "
+        "the hop to a pool thread and back, nothing else; wsgiloop's ratio to it is the share "
+        "of its own limit it reaches (hello rows only)",
+    ),
     Server("gunicorn-gthread", _gunicorn("gthread")),
     Server(
         "gunicorn-sync",
@@ -132,7 +177,12 @@ SERVERS: list[Server] = [
         note="1 thread (gunicorn turns a threaded sync worker into gthread); one request at a "
         "time, `Connection: close` on every response",
     ),
-    Server("waitress", _waitress, note="poll() instead of select(), which fails past fd 1023"),
+    Server(
+        "waitress",
+        _waitress,
+        multi_worker=False,
+        note="poll() instead of select(), which fails past fd 1023",
+    ),
     Server(
         "uvicorn",
         _uvicorn,
@@ -147,6 +197,7 @@ SERVERS: list[Server] = [
     Server(
         "cheroot",
         _cheroot,
+        multi_worker=False,
         note="bench/serve_cheroot.py = `python -m cheroot` + keep_alive_conn_limit (default 10)",
     ),
 ]

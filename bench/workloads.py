@@ -97,6 +97,19 @@ def workloads(idle_conns: int) -> list[Workload]:
             probe_expect=HELLO_BODY,
         ),
         Workload(
+            "flask-json",
+            "flask_json",
+            50,
+            "Flask route answering a ~400-byte JSON document, 50 keep-alive connections",
+        ),
+        Workload(
+            "django-template",
+            "django_page",
+            50,
+            "Django view rendering a template through the default middleware stack, "
+            "50 keep-alive connections",
+        ),
+        Workload(
             f"idle-{idle_conns}",
             "hello",
             10,
