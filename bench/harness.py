@@ -244,8 +244,10 @@ def _left_out(loads: list[Workload], servers: list[Server], workers: int) -> dic
     return out
 
 
-_PEER_PACKAGES = ["gunicorn", "waitress", "uvicorn", "httptools", "a2wsgi", "granian", "cheroot"]
-_FRAMEWORK_PACKAGES = ["flask", "werkzeug", "jinja2", "django"]
+def _packages(servers: list[Server], loads: list[Workload]) -> list[str]:
+    """The distributions whose versions the report records, each once, in order."""
+    names = [p for srv in servers for p in srv.packages] + [p for w in loads for p in w.packages]
+    return list(dict.fromkeys(names))
 
 
 def prepare(opts: argparse.Namespace, servers: list[Server], scratch: Path) -> Setup:
@@ -256,12 +258,12 @@ def prepare(opts: argparse.Namespace, servers: list[Server], scratch: Path) -> S
             Path(sys.executable).parent, Path(sys.executable), opts.threads, opts.workers
         )
         pythonpath += wsgiloop_env(sys.executable).get("PYTHONPATH", "").split(os.pathsep)
-        packages = ["wsgiloop", "h11", "uvloop", *_FRAMEWORK_PACKAGES]
+        packages = _packages([s for s in SERVERS if s.in_smoke], workloads(0))
         source = f"the wsgiloop that {sys.executable} imports"
     else:
         bindir = ensure_venv(opts.skip_install, any(s.needs_wsgiloop for s in servers))
         launch = Launch(bindir, bindir / "python", opts.threads, opts.workers)
-        packages = ["wsgiloop", "h11", "uvloop", *_PEER_PACKAGES, *_FRAMEWORK_PACKAGES]
+        packages = _packages(SERVERS, workloads(0))
         source = "-"
         if SOURCE_DIR.is_dir():
             pythonpath.append(str(snapshot_source(scratch)))

@@ -54,6 +54,8 @@ class Server:
     in_smoke: bool = False
     #: Needs wsgiloop installed in the bench venv.
     needs_wsgiloop: bool = False
+    #: The distributions whose versions the report records for it.
+    packages: tuple[str, ...] = ()
 
     def serves(self, app: str, workers: int) -> bool:
         return (self.apps is None or app in self.apps) and (workers == 1 or self.multi_worker)
@@ -159,6 +161,7 @@ SERVERS: list[Server] = [
         _wsgiloop,
         in_smoke=True,
         needs_wsgiloop=True,
+        packages=("wsgiloop", "h11", "uvloop"),
     ),
     Server(
         "ceiling",
@@ -166,14 +169,16 @@ SERVERS: list[Server] = [
         apps=frozenset({"hello"}),
         multi_worker=False,
         in_smoke=True,
+        packages=("h11", "uvloop"),
         note="not a peer: the design's ceiling (bench/ceiling.py), h11 parsing each head plus "
         "the hop to a pool thread and back, nothing else; wsgiloop's ratio to it is the share "
         "of its own limit it reaches (hello rows only)",
     ),
-    Server("gunicorn-gthread", _gunicorn("gthread")),
+    Server("gunicorn-gthread", _gunicorn("gthread"), packages=("gunicorn",)),
     Server(
         "gunicorn-sync",
         _gunicorn("sync"),
+        packages=("gunicorn",),
         note="1 thread (gunicorn turns a threaded sync worker into gthread); one request at a "
         "time, `Connection: close` on every response",
     ),
@@ -181,16 +186,19 @@ SERVERS: list[Server] = [
         "waitress",
         _waitress,
         multi_worker=False,
+        packages=("waitress",),
         note="poll() instead of select(), which fails past fd 1023",
     ),
     Server(
         "uvicorn",
         _uvicorn,
+        packages=("uvicorn", "httptools", "a2wsgi"),
         note="WSGI through a2wsgi.WSGIMiddleware(app, workers=threads) (bench/asgi_apps.py)",
     ),
     Server(
         "granian",
         _granian,
+        packages=("granian",),
         note="Rust HTTP stack; no keep-alive timeout option (idle connections close after its "
         "30 s header-read timeout)",
     ),
@@ -198,6 +206,7 @@ SERVERS: list[Server] = [
         "cheroot",
         _cheroot,
         multi_worker=False,
+        packages=("cheroot",),
         note="bench/serve_cheroot.py = `python -m cheroot` + keep_alive_conn_limit (default 10)",
     ),
 ]

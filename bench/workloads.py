@@ -53,6 +53,8 @@ class Workload:
     probe_post_bytes: int = 0
     #: ... and the body it must get back (None: any body with a 200).
     probe_expect: bytes | None = None
+    #: The distributions (frameworks) whose versions the report records for it.
+    packages: tuple[str, ...] = ()
 
 
 def workloads(idle_conns: int) -> list[Workload]:
@@ -101,6 +103,7 @@ def workloads(idle_conns: int) -> list[Workload]:
             "flask_json",
             50,
             "Flask route answering a ~400-byte JSON document, 50 keep-alive connections",
+            packages=("flask", "werkzeug", "jinja2"),
         ),
         Workload(
             "django-template",
@@ -108,6 +111,7 @@ def workloads(idle_conns: int) -> list[Workload]:
             50,
             "Django view rendering a template through the default middleware stack, "
             "50 keep-alive connections",
+            packages=("django",),
         ),
         Workload(
             f"idle-{idle_conns}",
