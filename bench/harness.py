@@ -2,9 +2,9 @@
 
 Every server runs the same WSGI apps (``bench/apps.py``) in one process with the same number of
 app threads, pinned to CPU 0; the load generator (wrk, and ``idle_conns.py`` for the idle row)
-is pinned to CPU 1 (with ``--workers N`` > 1, N processes per server, and both share both
-CPUs). Each (workload, server) pair gets a fresh server process, so the peak RSS
-of a row is that row's own. Results go to stdout as one markdown table and to
+is pinned to CPU 1 (with ``--workers N`` > 1: N processes per server, and server and load share
+both CPUs). Each (workload, server) pair gets a fresh server process, so the peak RSS of a row
+is that row's own. Results go to stdout as one markdown table and to
 ``bench/results/<date>.md`` and ``.json``.
 
 This module is the command line and the run itself (the plan, one row from start to stop); the
