@@ -28,7 +28,15 @@ from .environ import request_environ
 from .logs import error_log
 from .proxy import apply_proxy_headers
 from .response import END_CLOSE, END_KEEP_ALIVE, END_KEEP_ALIVE_10, UNTIL_CLOSE, error_head
-from .strict import ChunkedValidator, check_fields, check_head, error_status, head_end
+from .strict import (
+    ChunkedValidator,
+    Refused,
+    check_fields,
+    check_head,
+    error_status,
+    head_end,
+    skip_empty_lines,
+)
 from .wsgi import Exchange
 
 if TYPE_CHECKING:
@@ -61,6 +69,7 @@ class HttpProtocol(asyncio.Protocol):
         "app_deadline",
         "awaiting_continue",
         "base_environ",
+        "blank",
         "bodiless",
         "body",
         "body_seen",
@@ -125,6 +134,7 @@ class HttpProtocol(asyncio.Protocol):
         # validator of a chunked body, fed the same bytes h11 gets.
         self.head: bytes | bytearray = b""
         self.validator: ChunkedValidator | None = None
+        self.blank = 0  # bytes of empty lines skipped before this request-line (strict)
         # Timeouts of a request in flight (see _arm): when the app must have answered, when body
         # bytes last arrived, since when the client has not been reading (0: not paused).
         self.app_deadline = 0.0
@@ -203,6 +213,10 @@ class HttpProtocol(asyncio.Protocol):
         if conn.their_state is _IDLE:
             head = self.head
             if not head:
+                if data[0] == 13 or self.blank:  # empty lines before a request-line (RFC 9112 2.2)
+                    data, self.blank = skip_empty_lines(data, self.blank)
+                    if not data:
+                        return
                 self.head = data  # the usual case: the whole head in one read, no copy
             elif type(head) is bytearray:
                 head += data  # a head dribbling in: amortised appends, not quadratic copies
@@ -313,6 +327,7 @@ class HttpProtocol(asyncio.Protocol):
         conn = self.conn
         self.deadline = 0.0
         self.fresh = False
+        self.blank = 0
         self.head_request = request.method == b"HEAD"
         if request.http_version not in (b"1.1", b"1.0"):
             self._client_error(505, "unsupported HTTP version")
@@ -378,9 +393,13 @@ class HttpProtocol(asyncio.Protocol):
             self.awaiting_continue = conn.they_are_waiting_for_100_continue
             self.body.reset(True, self.awaiting_continue, config.max_body_size)
             wsgi_input = InputStream(self.body)
-        environ = request_environ(
-            self.base_environ, request, wsgi_input, config.root_path, fields, self.peer
-        )
+        try:
+            environ = request_environ(
+                self.base_environ, request, wsgi_input, config.root_path, fields, self.peer
+            )
+        except Refused as refused:  # the target's form or authority, a conflicting singleton
+            self._client_error(*refused.rejection)
+            return
         length = environ.get("CONTENT_LENGTH")
         if length is not None and int(length) > config.max_body_size:
             self._client_error(413, "request body too large")
@@ -430,7 +449,11 @@ class HttpProtocol(asyncio.Protocol):
         if len(data) > left:
             # The next request, pipelined: parsed once this exchange ends. Reading pauses, so
             # at most this one read waits here.
-            self.conn.receive_data(data[left:])
+            rest = data[left:]
+            if (rest[0] == 13 or self.blank) and not self.conn.trailing_data[0]:
+                rest, self.blank = skip_empty_lines(rest, self.blank)  # RFC 9112 2.2
+            if rest:  # (receive_data(b"") would mean EOF)
+                self.conn.receive_data(rest)
             self._pause_reading()
             data = data[:left]
             if not data:
@@ -577,6 +600,8 @@ class HttpProtocol(asyncio.Protocol):
             # A fresh parser per request: h11 never saw the response (see response), so its own
             # next cycle is not available, and a new Connection costs less than one anyway.
             self.conn = conn = self._new_parser()
+            if buffered[:1] == b"\r" or self.blank:  # empty lines before it (RFC 9112 2.2)
+                buffered, self.blank = skip_empty_lines(buffered, self.blank)
             if buffered:
                 conn.receive_data(buffered)
             if closed:
