@@ -230,6 +230,50 @@ def test_hardening_doc_lists_every_case():
     assert not missing, missing
 
 
+# -- strict's pure functions, directly ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "reason"),
+    [
+        (b"GET", b"/a?b#c", None),  # origin-form: the caller's fast path
+        (b"OPTIONS", b"*", None),
+        (b"GET", b"http://h", None),
+        (b"GET", b"hTTpS://h:1/p?q#f", None),
+        (b"GET", b"http://[v7.a:b]/", None),
+        (b"GET", b"*", "asterisk-form target with a method other than OPTIONS"),
+        (b"GET", b"h:1", "request-target in no request-target form"),
+        (b"GET", b"ws://h/", "request-target in no request-target form"),
+        (b"GET", b"http://u:p@h/", "userinfo in the request-target"),
+        (b"GET", b"http://h@/", "userinfo in the request-target"),
+        (b"GET", b"http://:80/", "empty host in the request-target"),
+        (b"GET", b"http://h:8x/", "invalid authority in the request-target"),
+        (b"GET", b"http://[fe80::1%25eth0]/", "invalid authority in the request-target"),
+    ],
+)
+def test_check_target(method, target, reason):
+    rejection = strict.check_target(method, target)
+    assert (rejection.reason if rejection else None) == reason
+    assert rejection is None or rejection.status == 400
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        (b"", True), (b"h", True), (b"h:", True), (b"h:80", True), (b":80", True),
+        (b"1.2.3.4:5", True), (b"[::1]", True), (b"[::ffff:1.2.3.4]:443", True),
+        (b"a%41", True), (b"a_b~c!$&'()*+,;=", True),
+        (b"a:b", False), (b"a:1:2", False), (b"a%4", False), (b"a%zz", False), (b"[::1", False),
+        (b"::1", False), (b"[:::]", False), (b"[g::1]", False), (b"a b", False), (b"a/b", False),
+        (b"u@h", False), (b"h\\x", False), (b"caf\xc3\xa9", False), (b"a]", False),
+    ],
+)
+def test_host_grammar_and_the_independent_checker_agree(value, valid):
+    assert (strict.valid_host(value) is not None) == valid
+    assert (strict.check_fields(b"1.1", False, False, value) is None) == valid
+    assert host_in_grammar(value.decode("latin-1")) == valid
+
+
 # -- skip_empty_lines, sans-IO --------------------------------------------------------------------
 
 

@@ -21,7 +21,15 @@ What it rejects that h11 lets through
     - chunk lines h11 reads loosely (7.1): whitespace after the size, more than 16 hex digits
       (h11 takes 20, i.e. sizes a 64-bit proxy wraps around), extensions that are no
       ``;name[=token / quoted-string]`` (h11 takes ``;`` and then any byte but LF, bare CR and
-      control bytes included), and trailer lines ending in a bare LF or folded.
+      control bytes included), and trailer lines ending in a bare LF or folded;
+    - a request-target in none of the four forms of 3.2, or an absolute-form one whose
+      authority is invalid, empty or carries userinfo (``check_target``; h11 checks only that
+      the target is visible ASCII), and a repeated singleton field with another value
+      (``SINGLETON_KEYS``): both raised as ``Refused`` by ``environ.request_environ``.
+
+What it lets through that h11 refuses
+    Up to ``MAX_EMPTY_LINE_BYTES`` of empty lines (CRLF) before a request-line, which RFC 9112
+    2.2 says a server SHOULD ignore: ``skip_empty_lines`` strips them before h11 sees them.
 
 Which status (RFC 9112 6.1 and 6.3)
     A Transfer-Encoding whose final coding is not ``chunked`` leaves the body length unknown:
@@ -174,6 +182,14 @@ def valid_host(value: bytes) -> re.Match[bytes] | None:
 
 
 _valid_host = valid_host
+_PLAIN_NAME: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
+
+
+def _plain_host(value: bytes) -> bool:
+    """``name`` or ``name:digits`` of letters, digits, "-" and "." (nearly every Host value):
+    valid without the regex, at a third of its cost."""
+    name, _, port = value.partition(b":")
+    return not name.translate(None, _PLAIN_NAME) and (not port or port.isdigit())
 
 
 def check_request(request: h11.Request) -> Rejection | None:
@@ -200,7 +216,7 @@ def check_request(request: h11.Request) -> Rejection | None:
 def check_fields(http_version: bytes, te: bool, cl: bool, host: bytes | None) -> Rejection | None:
     """``check_request`` without the loop: whether Transfer-Encoding and Content-Length are
     present, and the Host value (None: no Host field; h11 demands one in HTTP/1.1)."""
-    if host is not None and _valid_host(host) is None:
+    if host is not None and not _plain_host(host) and _valid_host(host) is None:
         return Rejection(400, "invalid Host header value")
     if te:
         if http_version == b"1.0":
