@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import os
 import signal
@@ -18,86 +17,16 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from . import __version__
 from .config import DEFAULT_BIND, Config
-from .environ import connection_environ
 from .logs import error_log
-from .pool import ThreadPool
 from .protocol import HttpProtocol
-from .proxy import ProxyTrust
 from .sockets import create_socket, describe, parse_bind, socket_from_fd
+from .state import ServerState
 from .wsgi import WSGIApp
 
 TICK = 0.25  # seconds between timeout sweeps; timeouts are honoured to within this
-
-
-class ServerState:
-    """What every connection of one worker shares."""
-
-    __slots__ = (
-        "_base_environs",
-        "app",
-        "config",
-        "connections",
-        "default_headers",
-        "hung",
-        "loop",
-        "pool",
-        "proxy_trust",
-        "requests",
-        "stopping",
-        "url_scheme",
-    )
-
-    def __init__(self, app: WSGIApp, config: Config, loop: asyncio.AbstractEventLoop) -> None:
-        self.app = app
-        self.config = config
-        self.loop = loop
-        self.pool = ThreadPool(config.threads)
-        self.connections: set[HttpProtocol] = set()
-        self.stopping = False
-        self.requests = 0  # responses completed, for --max-requests
-        self.hung = 0  # pool threads still inside an app call that timed out (--timeout)
-        self.url_scheme = "https" if config.certfile else config.url_scheme
-        #: Whom to believe about X-Forwarded-*/Forwarded; None without --proxy-headers.
-        self.proxy_trust = ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
-        self.default_headers: list[tuple[bytes, bytes]] = []
-        self.refresh_headers()
-        self._base_environs: dict[tuple[str, int] | None, dict[str, Any]] = {}
-
-    def base_environ(self, local: tuple[str, int] | None) -> dict[str, Any]:
-        """The per-connection environ keys for connections to ``local`` (None: a Unix socket),
-        shared by all of them: requests copy it, nothing writes to it."""
-        base = self._base_environs.get(local)
-        if base is None:
-            base = connection_environ(
-                server=local,
-                peer=None,
-                url_scheme=self.url_scheme,
-                script_name=self.config.root_path,
-                multiprocess=self.config.workers > 1,
-            )
-            if len(self._base_environs) < 64:  # a few listeners; any number of local addresses
-                self._base_environs[local] = base
-        return base
-
-    def job_done(self, timed_out: bool) -> None:
-        """An app call finished its response (on the loop): free its pool slot."""
-        self.pool.done()
-        self.requests += 1
-        if timed_out:
-            self.hung -= 1
-
-    def refresh_headers(self) -> None:
-        """Rebuild the Server/Date headers (replaced, never mutated: app threads read it)."""
-        headers = []
-        if self.config.server_header:
-            headers.append((b"Server", b"wsgiloop"))
-        if self.config.date_header:
-            headers.append((b"Date", email.utils.formatdate(usegmt=True).encode()))
-        self.default_headers = headers
 
 
 def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -233,8 +162,7 @@ class Server:
                         proto.on_deadline()
                     except Exception:  # one connection's bug must not stop every timeout
                         error_log.exception("Error timing out a connection")
-                        if proto.transport is not None:
-                            proto.transport.abort()
+                        proto.abort()
 
     async def _shutdown(self) -> None:
         state = self.state
@@ -257,8 +185,7 @@ class Server:
                 "Graceful timeout: aborting %d connection(s)", len(state.connections)
             )
             for proto in list(state.connections):
-                if proto.transport is not None:
-                    proto.transport.abort()
+                proto.abort()
             await asyncio.sleep(0)
         state.pool.shutdown(timeout=1.0)
 

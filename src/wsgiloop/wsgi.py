@@ -1,7 +1,9 @@
 """The app-thread half of a request: call the WSGI app and stream its response to the loop.
 
 ``Exchange`` is created on the loop when h11 yields a request and then runs, once, on a pool
-thread (``Exchange.run``). It talks to the loop only through the connection's ``ResponseStream``:
+thread (``Exchange.run``). Of its connection it knows only the ``Channel`` interface: the app and
+the settings, the ``ResponseStream`` it writes the response to, the raw socket for ``sendfile``,
+and how to hand its pool slot back when the stream is gone. Through the stream:
 
 - a list or tuple body (the usual small response) goes to the loop in one hop with its head and
   the end-of-message;
@@ -19,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .bridge import BodyTooLarge, ClientDisconnected, ResponseStream
 from .filewrapper import FileWrapper, sendfile_all
@@ -37,9 +39,32 @@ from .response import (
 from .spool import spool_chunked_body
 
 if TYPE_CHECKING:
-    from .protocol import HttpProtocol
+    from .config import Config
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class Channel(Protocol):
+    """What an app thread may use of its connection (``protocol.HttpProtocol`` on the loop side).
+
+    Everything here is safe to call from an app thread; nothing else of the connection is.
+    """
+
+    @property
+    def stream(self) -> ResponseStream: ...
+
+    @property
+    def app(self) -> WSGIApp: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    def socket_fd(self) -> int | None:
+        """The raw socket for ``os.sendfile``, or None where the transport must do the writing."""
+
+    def release(self, exchange: Exchange) -> None:
+        """The exchange ended without an end or abort reaching the stream (it was closed): have
+        the loop free its pool slot."""
 
 _INTERNAL_ERROR = b"500 Internal Server Error\n"
 _TOO_LARGE = b"413 Content Too Large\n"
@@ -50,11 +75,11 @@ class Exchange:
     """One request/response, handed from the loop to a pool thread."""
 
     __slots__ = (
+        "channel",
         "environ",
         "head_only",
         "http11",
         "overflowed",
-        "protocol",
         "response",
         "sent",
         "started",
@@ -64,14 +89,14 @@ class Exchange:
 
     def __init__(
         self,
-        protocol: HttpProtocol,
+        channel: Channel,
         environ: dict[str, Any],
         extra_headers: list[tuple[bytes, bytes]],
         head_only: bool,
         http11: bool = True,
     ) -> None:
-        self.protocol = protocol
-        self.stream: ResponseStream = protocol.stream
+        self.channel = channel
+        self.stream: ResponseStream = channel.stream
         self.environ = environ
         self.response = Response(extra_headers)
         self.head_only = head_only
@@ -179,7 +204,7 @@ class Exchange:
         response with the head alone), so HEAD and GET of the same file have the same headers.
         """
         span = wrapper.sendfile_span()
-        sock = self.protocol.socket_fd
+        sock = self.channel.socket_fd()
         if span is None or sock is None:
             return False
         file_fd, offset, available = span
@@ -207,7 +232,7 @@ class Exchange:
                 offset,
                 count,
                 lambda: stream.closed,
-                self.protocol.state.config.write_timeout,
+                self.channel.config.write_timeout,
                 on_sent=self._count_sent,  # the access log's bytes, if the client goes midway
             )
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -234,19 +259,19 @@ class Exchange:
 
     def run(self) -> None:
         """Call the app and deliver its response. Never raises."""
-        protocol = self.protocol
-        state = protocol.state
+        channel = self.channel
         result: Any = None
         spooled = None  # the chunked body read ahead of the app (--spool-chunked-body)
         ended = False  # an end or abort reached the stream: the loop will free the pool slot
         if self.stream.closed:
             # Abandoned while waiting for a thread (client gone, or --timeout): don't run it.
-            protocol.loop.call_soon_threadsafe(protocol.job_done_elsewhere, self)
+            channel.release(self)
             return
         try:
-            if state.config.spool_chunked_body:
-                spooled = spool_chunked_body(self.environ, state.config.body_buffer)
-            result = state.app(self.environ, self.start_response)
+            config = channel.config
+            if config.spool_chunked_body:
+                spooled = spool_chunked_body(self.environ, config.body_buffer)
+            result = channel.app(self.environ, self.start_response)
             if type(result) is list or type(result) is tuple:
                 chunks = [c if type(c) is bytes else _as_bytes(c) for c in result]
                 chunks = [c for c in chunks if c]
@@ -284,11 +309,11 @@ class Exchange:
             if spooled is not None:
                 spooled.close()
             if not ended:
-                protocol.loop.call_soon_threadsafe(protocol.job_done_elsewhere, self)
+                channel.release(self)
             if access_log.isEnabledFor(logging.INFO):
                 status = self.response.status if self.response.headers_sent else "-"
                 log_access(
-                    state.config.access_log_format,
+                    channel.config.access_log_format,
                     self.environ,
                     status,
                     self.sent,
