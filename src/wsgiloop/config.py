@@ -243,6 +243,13 @@ class Config:
     )
     max_discard: int = setting(256 * 1024, flags=("--max-discard",), parse=int, group=LIMITS,
                                help="unread body bytes drained to keep a connection")
+    # Off: most apps read chunked bodies to EOF (wsgi.input_terminated); Django does not.
+    spool_chunked_body: bool = setting(
+        False, flags=("--spool-chunked-body",), kind="on", group=LIMITS,
+        help="read a chunked request body whole (memory up to --body-buffer, then a temporary "
+        "file) and set CONTENT_LENGTH before calling the app, for apps such as Django that "
+        "read only CONTENT_LENGTH bytes",
+    )
     sendfile: bool = setting(True, flags=("--no-sendfile",), kind="off", group=LIMITS,
                              help="send wsgi.file_wrapper files by iterating, not os.sendfile")
 
