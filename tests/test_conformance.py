@@ -346,7 +346,7 @@ def test_a_list_length_is_not_added_where_it_would_be_wrong(serve):
         assert length == ([] if expected is None else [expected]), (request, head)
 
 
-def test_access_log_counts_the_bytes_of_a_download_cut_short(serve, tmp_path, caplog):
+def test_access_log_counts_the_bytes_of_a_download_cut_short(serve, tmp_path):
     path = tmp_path / "big"
     path.write_bytes(os.urandom(20 << 20))
 
@@ -355,7 +355,15 @@ def test_access_log_counts_the_bytes_of_a_download_cut_short(serve, tmp_path, ca
         return environ["wsgi.file_wrapper"](open(path, "rb"))
 
     server = serve(app, access_log=True, write_timeout=5)
-    with caplog.at_level(logging.INFO, logger="wsgiloop.access"):
+    # The access logger does not propagate (see logs): listen on it directly, not through root.
+    records: list[logging.LogRecord] = []
+    collect = logging.Handler(logging.INFO)
+    collect.emit = records.append  # type: ignore[method-assign]
+    access = logging.getLogger("wsgiloop.access")
+    level = access.level
+    access.addHandler(collect)
+    access.setLevel(logging.INFO)
+    try:
         sock = server.connect()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -367,10 +375,13 @@ def test_access_log_counts_the_bytes_of_a_download_cut_short(serve, tmp_path, ca
         sock.close()  # the client goes at about 3 MiB of 20
         deadline = threading.Event()
         for _ in range(400):
-            if any(r.name == "wsgiloop.access" for r in caplog.records):
+            if records:
                 break
             deadline.wait(0.025)
-    lines = [r.getMessage() for r in caplog.records if r.name == "wsgiloop.access"]
+    finally:
+        access.removeHandler(collect)
+        access.setLevel(level)
+    lines = [r.getMessage() for r in records]
     assert len(lines) == 1, lines
     match = re.search(r'"GET /big HTTP/1.1" 200 (\d+) ', lines[0])  # the combined format's %b
     assert match is not None, lines[0]
