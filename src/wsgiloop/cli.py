@@ -222,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             capture_output=config.capture_output,
         )
     except (ConfigError, OSError) as exc:
-        sys.stderr.write(f"wsgiloop: error: {exc}\n")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        sys.stderr.write(f"wsgiloop: error: {reason}\n")
         return EXIT_CONFIG
     for note in notes:
         error_log.info("%s", note)

@@ -823,8 +823,13 @@ class HttpProtocol(asyncio.Protocol):
         request is most likely on the way or half in, and closing would drop it unanswered.
         """
         phase = self.phase
-        if phase is EXCHANGE or phase is DISCARDING or phase is LINGERING:
-            return  # closes by itself, within its deadline
+        if phase is EXCHANGE or phase is DISCARDING:
+            return  # closes by itself once its response is out
+        if phase is LINGERING:
+            # The ticker no longer runs while the server drains: its deadline is checked here.
+            if self.loop.time() >= self.deadline:
+                self._close()
+            return
         if phase is NEW or phase is HEAD:
             now = self.loop.time()
             self.deadline = min(self.deadline, now + LINGER)
