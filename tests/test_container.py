@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import math
 import os
 import re
 import resource
@@ -30,13 +31,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "deploy" / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 BUILD_BASE = DOCKER / "build-base"
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+COMPOSE = ROOT / "deploy" / "compose"
 
 PODMAN = shutil.which("podman")
 #: crun fails on this machine's hybrid cgroups; without systemd the cgroup manager is cgroupfs.
@@ -393,24 +398,85 @@ def test_bind_in_cmd_replaces_the_default(image: str, run: Callable[..., Contain
     assert "ConnectionRefusedError" in refused.stderr, "--bind added a listener, not replaced it"
 
 
-def test_runs_as_kubernetes_runs_it(image: str, run: Callable[..., Container]) -> None:
-    """Read-only root without even a /tmp, no capabilities, no privilege escalation, and the
-    worker count from the environment (the manifests set it from the CPU limit)."""
-    container = run(
-        image,
-        options=[
-            "--read-only",
-            "--read-only-tmpfs=false",
-            "--cap-drop=ALL",
-            "--security-opt=no-new-privileges",
-            "--env=WSGILOOP_WORKERS=2",
-        ],
-    )
-    container.wait_for_log("All 2 workers are serving")
+def cpu_count_of(quantity: str) -> int:
+    """A CPU quantity as the downward API gives it with divisor 1: whole CPUs, rounded up."""
+    cores = int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    return math.ceil(cores)
+
+
+def kubernetes_flags(pod: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``podman run`` options and arguments that run the Deployment's container as a kubelet
+    would: its user, read-only root, capabilities, limits, volumes, environment and args."""
+    [container] = pod["containers"]
+    context = {**pod["securityContext"], **container["securityContext"]}
+    limits = container["resources"]["limits"]
+    options = [f"--user={context['runAsUser']}:{context['runAsGroup']}"]
+    if context["readOnlyRootFilesystem"]:
+        options += ["--read-only", "--read-only-tmpfs=false"]
+    options += [f"--cap-drop={cap}" for cap in context["capabilities"]["drop"]]
+    if not context["allowPrivilegeEscalation"]:
+        options.append("--security-opt=no-new-privileges")
+    options += [f"--cpus={cpu_count_of(limits['cpu'])}", f"--memory={limits['memory'][:-2]}m"]
+    assert limits["memory"].endswith("Mi")
+    for mount in container["volumeMounts"]:
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert "emptyDir" in volume
+        options.append(f"--tmpfs={mount['mountPath']}")
+    env: dict[str, str] = {}
+    for var in container["env"]:
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            field = var["valueFrom"]["resourceFieldRef"]
+            assert (field["resource"], field["divisor"]) == ("limits.cpu", "1")
+            env[var["name"]] = str(cpu_count_of(limits["cpu"]))
+    options += [f"--env={name}={value}" for name, value in env.items()]
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in container["args"]]
+    return options, args
+
+
+def test_runs_as_the_kubernetes_deployment_runs_it(
+    image: str, run: Callable[..., Container]
+) -> None:
+    """deploy/kubernetes/deployment.yaml's container, translated to podman: read-only root
+    with only the emptyDir /tmp, no capabilities, its uid, its CPU and memory limits, a worker
+    per CPU of the limit. Its probes pass; its termination (preStop, then SIGTERM within the
+    grace period) serves during the preStop and ends with exit 0."""
+    deployment = yaml.safe_load((KUBERNETES / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    [spec] = pod["containers"]
+    options, args = kubernetes_flags(pod)
+    workers = cpu_count_of(spec["resources"]["limits"]["cpu"])
+    assert args[args.index("--workers") + 1] == str(workers)
+    container = run(image, *args, options=options, ports=[spec["ports"][0]["containerPort"]])
+    container.wait_for_log(f"All {workers} workers are serving")
     wait_for_200(container)
-    assert podman("healthcheck", "run", container.name, check=False).returncode == 0
-    write = container.exec("python3", "-c", "open('/tmp/x', 'w')", check=False)
+    port = container.port()
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        status, _ = get(port, spec[probe]["httpGet"]["path"])
+        assert 200 <= status < 400, probe  # what a kubelet's httpGet probe counts as success
+    write = container.exec("python3", "-c", "open('/etc/x', 'w')", check=False)
     assert "Read-only file system" in write.stderr
+    container.exec("python3", "-c", "open('/tmp/x', 'w')")  # the emptyDir
+
+    # Termination: the preStop hook runs while the server still serves; then SIGTERM.
+    pre_stop = subprocess.Popen(
+        [PODMAN or "podman", *ENGINE, "exec", container.name, *spec["lifecycle"]["preStop"]
+         ["exec"]["command"]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert get(port)[0] == 200
+    finally:
+        out, _ = pre_stop.communicate(timeout=120)
+    assert pre_stop.returncode == 0, out
+    remaining = pod["terminationGracePeriodSeconds"] - int(
+        spec["lifecycle"]["preStop"]["exec"]["command"][-1]
+    )
+    podman("stop", "--time", str(remaining), container.name, timeout=remaining + 60)
+    assert container.inspect("{{.State.ExitCode}}") == "0", container.logs()
 
 
 def test_arbitrary_uid_in_group_0(image: str, run: Callable[..., Container]) -> None:
@@ -468,3 +534,83 @@ def test_derived_image_from_the_comment_serves_flask(
         assert compiled.stdout.strip()
     finally:
         podman("rmi", "--force", derived, check=False)  # --force: its container too
+
+
+# --- compose: nginx in front -------------------------------------------------------------------
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def compose_flags(service: dict[str, Any]) -> list[str]:
+    """``podman run`` options for a compose service's hardening settings."""
+    options = []
+    if service.get("read_only"):
+        options += ["--read-only", "--read-only-tmpfs=false"]
+    options += [f"--tmpfs={path}" for path in service.get("tmpfs", [])]
+    options += [f"--cap-drop={cap}" for cap in service.get("cap_drop", [])]
+    options += [f"--security-opt={opt}" for opt in service.get("security_opt", [])]
+    return options
+
+
+def test_compose_nginx_in_front_of_the_app(
+    image: str, run: Callable[..., Container], tmp_path: Path
+) -> None:
+    """The compose file's app service, with its command and hardening, behind a real nginx
+    running the compose nginx.conf: the demo sees the client nginx saw, not a spoofed one."""
+    assert NGINX is not None, "nginx not installed (apt-get install nginx)"
+    compose = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    app = compose["services"]["app"]
+    container = run(image, *app["command"], options=compose_flags(app))
+    wait_for_200(container)
+
+    site = (COMPOSE / "nginx.conf").read_text()
+    assert "server app:8000 " in site and "listen 80;" in site
+    listen = free_port()
+    site = site.replace("server app:8000 ", f"server 127.0.0.1:{container.port()} ")
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen};")
+    (tmp_path / "site.conf").write_text(site)
+    temp = "".join(
+        f"    {kind}_temp_path {tmp_path}/{kind}_temp;\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
+        f"error_log {tmp_path}/error.log info;\nevents {{ worker_connections 64; }}\n"
+        f"http {{\n    access_log off;\n{temp}    include {tmp_path}/site.conf;\n}}\n"
+    )
+    proxy = subprocess.Popen(
+        [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=10)
+                conn.request("GET", "/page", headers={"X-Forwarded-For": "6.6.6.6"})
+                response = conn.getresponse()
+                body = response.read().decode()
+                conn.close()
+                break
+            except OSError:
+                if proxy.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"nginx did not answer: {(tmp_path / 'error.log').read_text()}")
+                time.sleep(0.1)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    assert response.status == 200, body
+    assert "PATH_INFO: /page" in body
+    assert "REMOTE_ADDR: 127.0.0.1\n" in body  # the client nginx saw, not 6.6.6.6
+    assert "X-Forwarded-For: 6.6.6.6, 127.0.0.1" in body
