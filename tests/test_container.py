@@ -4,9 +4,11 @@ The base comes from ``deploy/docker/build-base`` (debootstrap, cached as a tarba
 /var/cache/wsgiloop), the image from ``deploy/docker/Dockerfile`` exactly as a user builds it.
 Every check runs the image: the demo through a published port, the health check passing and
 failing (a hung server, no server), PID 1 and its user, a graceful ``podman stop`` that finishes
-a request in flight (one worker and two), the bind replaced from CMD, the way Kubernetes runs it
-(read-only root, no capabilities, workers from the environment), an arbitrary uid in group 0 (as
-OpenShift runs images), and a derived image built from the Dockerfile's own comment serving Flask.
+a request in flight (one worker and two), the bind replaced from CMD, the container spec of
+deploy/kubernetes/deployment.yaml (read-only root, no capabilities, limits, workers from the CPU
+limit, probes, preStop), an arbitrary uid in group 0 (as OpenShift runs images), compose's app
+behind a real nginx with compose's nginx.conf, and a derived image built from the Dockerfile's
+own comment serving Flask.
 
 A machine without podman, runc, slirp4netns or debootstrap, or not root, fails these tests; it
 never skips them (``.ci/run`` installs what is missing). Podman here needs: runc (crun refuses
