@@ -173,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gunicorn atoms: h l u t r m U q H s B b f a T D M L p {header}i")
     g.add_argument("--access-log-json", action="store_true",
                    help="access lines as JSON objects, for log shippers")
+
+    # -- metrics and health (issue 12) --------------------------------------------------------
+    g = p.add_argument_group("metrics and health")
+    g.add_argument("--metrics-bind", metavar="ADDRESS",
+                   help="HOST:PORT or unix:PATH serving GET /metrics (Prometheus) and the "
+                   "health path; never an app address (off)")
+    g.add_argument("--health-path", metavar="/PATH",
+                   help="answered on the loop, never by the app: 200 while serving, 503 once "
+                   "a graceful stop begins; also on --metrics-bind (off)")
+    g.add_argument("--statsd-host", metavar="HOST:PORT",
+                   help="send gunicorn's statsd metrics and wsgiloop's there, batched (off)")
+    g.add_argument("--statsd-prefix", metavar="PREFIX", help="prefix of every statsd name")
+    g.add_argument("--dogstatsd-tags", metavar="TAGS",
+                   help="comma-separated dogstatsd tags for every statsd line, e.g. env:prod")
     return p
 
 

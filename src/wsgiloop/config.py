@@ -104,6 +104,16 @@ class Config:
     access_log_json: bool = False
     log_config: str | None = None
 
+    # -- Metrics and health (issue 12): see metrics, exposition, statsd. Off by default. --------
+    # HOST:PORT or unix:PATH of a listener of its own for GET /metrics (and the health path);
+    # never one of --bind. With --workers N the supervisor serves the whole instance there.
+    metrics_bind: str | None = None
+    # A path answered on the loop (never by the app): 200 while serving, 503 once stopping.
+    health_path: str | None = None
+    statsd_host: str | None = None  # HOST:PORT: gunicorn's statsd names, batched per tick
+    statsd_prefix: str = ""
+    dogstatsd_tags: str = ""  # "a:1,b": appended to every statsd line as dogstatsd tags
+
     def validate(self) -> Config:
         """Raise ``ConfigError`` on the first impossible value; return self for chaining."""
         positive = {
@@ -146,7 +156,41 @@ class Config:
             raise ConfigError("--keyfile needs --certfile")
         if self.cert_reqs not in (0, 1, 2):
             raise ConfigError("--cert-reqs must be 0 (none), 1 (optional) or 2 (required)")
+        self._validate_metrics()
         return self
+
+    def _validate_metrics(self) -> None:
+        from .sockets import parse_bind
+
+        if self.metrics_bind is not None:
+            try:
+                address = parse_bind(self.metrics_bind, default_port=9100)
+            except ValueError as exc:
+                raise ConfigError(str(exc).replace("--bind", "--metrics-bind")) from None
+            if address.port != 0 and any(
+                str(address) == str(parse_bind(bind)) for bind in self.bind if _parses(bind)
+            ):
+                raise ConfigError("--metrics-bind must not be one of --bind: the app's port "
+                                  "never serves metrics")
+        if self.health_path is not None and not self.health_path.startswith("/"):
+            raise ConfigError("--health-path must start with '/'")
+        if self.statsd_host is not None:
+            if self.statsd_host.startswith("unix:"):
+                raise ConfigError("--statsd-host must be HOST:PORT")
+            try:
+                parse_bind(self.statsd_host, default_port=8125)
+            except ValueError as exc:
+                raise ConfigError(str(exc).replace("--bind", "--statsd-host")) from None
+
+
+def _parses(bind: str) -> bool:
+    from .sockets import parse_bind
+
+    try:
+        parse_bind(bind)
+    except ValueError:
+        return False
+    return True
 
 
 # -- layered configuration: defaults < TOML file < WSGILOOP_* environment < command line --------

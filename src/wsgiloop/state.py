@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from .config import Config
 from .environ import connection_environ
 from .lifecycle import Phase, phase_timeouts
+from .metrics import Metrics
 from .pool import ThreadPool
 from .proxy import ProxyTrust
 from .wsgi import WSGIApp
@@ -23,6 +24,7 @@ class Tracked(Protocol):
     """A connection as the server sees it (``protocol.HttpProtocol``)."""
 
     deadline: float
+    phase: Phase
 
     def on_deadline(self) -> None: ...
 
@@ -40,8 +42,11 @@ class ServerState:
         "config",
         "connections",
         "default_headers",
+        "health_target",
         "hung",
+        "idle",
         "loop",
+        "metrics",
         "pool",
         "proxy_trust",
         "requests",
@@ -54,8 +59,19 @@ class ServerState:
         self.app = app
         self.config = config
         self.loop = loop
-        self.pool = ThreadPool(config.threads)
+        #: The worker's figures; None with neither --metrics-bind nor --statsd-host, and then
+        #: every place that counts costs one test of this attribute.
+        self.metrics = (
+            Metrics() if config.metrics_bind is not None or config.statsd_host is not None
+            else None
+        )
+        self.pool = ThreadPool(
+            config.threads, waited=None if self.metrics is None else self.metrics.waited
+        )
         self.connections: set[Tracked] = set()
+        self.idle = 0  # connections in IDLE at the last tick (the ticker counts them)
+        #: The request target of --health-path, answered on the loop (None: off).
+        self.health_target = config.health_path.encode() if config.health_path else None
         self.stopping = False
         self.requests = 0  # responses completed, for --max-requests
         self.hung = 0  # pool threads still inside an app call that timed out (--timeout)

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .board import Fleet, metrics_enabled
 from .config import Config
 from .logs import error_log, set_pid
 
@@ -82,6 +83,8 @@ class Supervisor:
         self.exit_status = 0
         self.sockets: list[Any] = []
         self.wake_r, self.wake_w = os.pipe()
+        # Metrics (board.Fleet): the workers' shared figures, served by a thread of its own.
+        self.fleet = Fleet(config, MAX_SLOTS) if metrics_enabled(config) else None
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -100,6 +103,8 @@ class Supervisor:
         signal.set_wakeup_fd(self.wake_w)
         for sig in _SIGNALS:
             signal.signal(sig, self._on_signal)
+        if self.fleet is not None:
+            self.fleet.start(lambda: any(w.ready for w in list(self.workers.values())))
         notified = False
         try:
             while True:
@@ -121,6 +126,8 @@ class Supervisor:
             systemd.notify("STOPPING=1")
             for sock in self.sockets:
                 sock.close()
+            if self.fleet is not None:
+                self.fleet.close()
         error_log.info("Shutdown complete")
         return self.exit_status
 
@@ -151,6 +158,8 @@ class Supervisor:
             elif sig == signal.SIGHUP:
                 error_log.info("Received SIGHUP: reloading workers")
                 self.generation += 1
+                if self.fleet is not None:
+                    self.fleet.reloads += 1
             elif sig == signal.SIGTTIN:
                 self.target += 1
                 error_log.info("Received SIGTTIN: workers %d", self.target)
@@ -164,6 +173,8 @@ class Supervisor:
             return
         error_log.info("Received %s: %s shutdown", name, mode)
         self.stopping = mode
+        if self.fleet is not None:
+            self.fleet.stopping = True  # the health path answers 503 from now on
         self.stop_deadline = time.monotonic() + (
             self.config.graceful_timeout + 5 if mode == "graceful" else 5
         )
@@ -226,6 +237,8 @@ class Supervisor:
         pid = os.fork()
         if pid:
             self.workers[pid] = Worker(pid, slot, time.monotonic(), self.generation)
+            if self.fleet is not None:
+                self.fleet.spawned(slot, pid)
             error_log.info("Booting worker with pid: %d", pid)
             return
         # -- in the child ---------------------------------------------------------------------
@@ -265,6 +278,7 @@ class Supervisor:
         def heartbeat() -> None:
             pack(beats, offset, clock())
 
+        publish = self.fleet.in_worker(slot) if self.fleet is not None else None
         config = self.config
         max_requests = config.max_requests
         if max_requests and config.max_requests_jitter:
@@ -276,6 +290,8 @@ class Supervisor:
             heartbeat=heartbeat,
             max_requests=max_requests,
             on_ready=heartbeat,
+            publish=publish,
+            slot=slot,
         )
 
     def _reap(self) -> None:
@@ -289,6 +305,8 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            if self.fleet is not None:
+                self.fleet.exited(worker.slot)  # its figures join the retired totals
             code = os.waitstatus_to_exitcode(status)
             if code == WORKER_BOOT_ERROR and not worker.ready:
                 error_log.error("Worker %d failed to boot: stopping", pid)
@@ -322,6 +340,8 @@ class Supervisor:
             if now - last > timeout and not worker.killed_at:
                 error_log.critical("WORKER TIMEOUT (pid: %d): killing it", worker.pid)
                 worker.killed_at = now
+                if self.fleet is not None:
+                    self.fleet.workers_timed_out += 1
                 self._kill(worker.pid, signal.SIGKILL)
 
     @staticmethod
