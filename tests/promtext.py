@@ -9,6 +9,7 @@ a ``_sum`` beside; counters are not negative.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import defaultdict
@@ -142,7 +143,7 @@ def _check_histogram(family: str, samples: list[tuple[str, Labels, float]]) -> N
         if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
             raise FormatError(f"{family}{set(labels)}: le bounds must ascend")
         counts = [c for _, c in buckets]
-        if any(later < earlier for earlier, later in zip(counts, counts[1:])):
+        if any(later < earlier for earlier, later in itertools.pairwise(counts)):
             raise FormatError(f"{family}{set(labels)}: buckets must be cumulative")
         if "_count" not in parts or "_sum" not in parts:
             raise FormatError(f"{family}{set(labels)}: _sum and _count are required")

@@ -9,7 +9,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -50,9 +49,10 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[tuple[str, int]], str]]:
         url = f"http://127.0.0.1:{port}"
 
         def ready() -> bool:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url + "/-/ready", timeout=5) as resp:
-                    return bool(resp.status == 200)
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                url + "/-/ready", timeout=5
+            ) as resp:
+                return bool(resp.status == 200)
             return proc.poll() is not None
 
         eventually(ready, bool, timeout=60)
