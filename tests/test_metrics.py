@@ -90,8 +90,8 @@ def test_exposition_passes_a_strict_parser_and_promtool_and_counts_what_was_done
         conn.request("GET", "/")
         conn.getresponse().read()
     address = metrics_address(running)
-    text = eventually(lambda: scrape_text(address),
-                      lambda t: 'wsgiloop_connections_idle 2\n' in t)
+    text = eventually(lambda: scrape_text(address), lambda t: "wsgiloop_connections_idle 2\n"
+                      in t and "wsgiloop_connections_open 2\n" in t)
     samples = parse(text)  # strict: HELP/TYPE, cumulative buckets, _count == +Inf...
     checked = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
                              capture_output=True)
@@ -153,6 +153,34 @@ def test_refusals_timeouts_and_disconnects_are_counted_by_kind(serve):
     assert value(samples, "wsgiloop_timeouts_total", kind="head") == 1
     assert value(samples, "wsgiloop_timeouts_total", kind="app") == 0
     assert total(samples, "wsgiloop_requests_total") == 0  # none of these reached the app
+
+
+def test_app_and_body_timeouts_are_counted_and_their_503_408_are_responses(serve):
+    gate = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ["REQUEST_METHOD"] == "POST":
+            environ["wsgi.input"].read()  # the client stalls: --body-timeout
+        else:
+            gate.wait(10)  # the app stalls: --timeout
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    running = serve(app, metrics_bind="127.0.0.1:0", timeout=3, body_timeout=0.3)
+    with running.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[0] == 503
+    with running.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01")
+        assert read_response(sock)[0] == 408
+    gate.set()
+    samples = eventually(lambda: scrape(metrics_address(running)),
+                         lambda s: value(s, "wsgiloop_threads_hung") == 0)
+    assert value(samples, "wsgiloop_timeouts_total", kind="app") == 1
+    assert value(samples, "wsgiloop_timeouts_total", kind="body") == 1
+    assert value(samples, "wsgiloop_requests_total", method="GET", status="5xx") == 1
+    assert value(samples, "wsgiloop_requests_total", method="POST", status="4xx") == 1
+    assert total(samples, "wsgiloop_refused_requests_total") == 0  # the app had them
 
 
 # -- saturation ----------------------------------------------------------------------------------
