@@ -88,7 +88,11 @@ class Board:
 
 
 class Fleet:
-    """The supervisor's figures: the board, the departed workers' totals, its own counters."""
+    """The supervisor's figures: the board, the departed workers' totals, its own counters.
+
+    Its hooks (``spawned``, ``exited``, the counters) run on the supervisor's main thread,
+    ``in_worker`` in a freshly forked worker, ``render`` and ``healthy`` on the metrics thread.
+    """
 
     def __init__(self, config: Config, slots: int) -> None:
         self.config = config

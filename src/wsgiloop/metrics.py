@@ -284,8 +284,11 @@ class Metrics:
     def waited(self, seconds: float) -> None:
         """A request got a thread after ``seconds`` (0.0: one was free). Called by the pool."""
         v = self.v
-        v[_WAIT + bisect_left(WAIT_BUCKETS, seconds)] += 1
-        v[_WAIT_SUM] += seconds
+        if seconds:
+            v[_WAIT + bisect_left(WAIT_BUCKETS, seconds)] += 1
+            v[_WAIT_SUM] += seconds
+        else:
+            v[_WAIT] += 1  # the usual case: no wait, nothing to add to the sum
 
     def wrote(self, size: int) -> None:
         self.v[_SENT] += size
