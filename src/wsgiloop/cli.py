@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"({d.body_buffer})")
     g.add_argument("--max-discard", type=int,
                    help=f"unread body bytes drained to keep a connection ({d.max_discard})")
+    g.add_argument("--spool-chunked-body", action="store_true",
+                   help="read a chunked request body whole (memory up to --body-buffer, then a "
+                   "temporary file) and set CONTENT_LENGTH before calling the app, for apps "
+                   "such as Django that read only CONTENT_LENGTH bytes (off)")
 
     g = p.add_argument_group("TLS")
     g.add_argument("--certfile", help="PEM certificate (chain); enables HTTPS")

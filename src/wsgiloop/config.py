@@ -80,6 +80,8 @@ class Config:
     write_buffer_low: int = 64 * 1024
     body_buffer: int = 256 * 1024
     max_discard: int = 256 * 1024
+    # Read a chunked request body whole before the app runs and set CONTENT_LENGTH (see spool).
+    spool_chunked_body: bool = False
 
     # TLS, for setups without a proxy in front.
     certfile: str | None = None

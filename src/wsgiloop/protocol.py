@@ -41,7 +41,15 @@ from .logs import error_log
 from .metrics import TIMEOUT_APP, TIMEOUT_BODY, TIMEOUT_WRITE
 from .proxy import apply_proxy_headers
 from .response import END_CLOSE, END_KEEP_ALIVE, END_KEEP_ALIVE_10, UNTIL_CLOSE, error_head
-from .strict import ChunkedValidator, check_fields, check_head, error_status, head_end
+from .strict import (
+    ChunkedValidator,
+    Refused,
+    check_fields,
+    check_head,
+    error_status,
+    head_end,
+    skip_empty_lines,
+)
 from .wsgi import Exchange, WSGIApp
 
 if TYPE_CHECKING:
@@ -68,6 +76,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "base_environ",
+        "blank",
         "body",
         "conn",
         "cycle",
@@ -98,6 +107,7 @@ class HttpProtocol(asyncio.Protocol):
         self.exchange: Exchange | None = None
         # The raw bytes of the head being read (strict framing checks them, see strict).
         self.head: bytes | bytearray = b""
+        self.blank = 0  # bytes of empty lines skipped before this request-line (strict)
         # Flow control, orthogonal to the phase: whether the transport reads, since when the
         # transport has paused the app's writes (0: not paused), and whether we wait for the
         # write buffer to empty before a sendfile.
@@ -230,6 +240,10 @@ class HttpProtocol(asyncio.Protocol):
             return  # LINGERING: read only so that the close is no reset; CLOSED: too late
         head = self.head
         if not head:
+            if data[0] == 13 or self.blank:  # empty lines before a request-line (RFC 9112 2.2)
+                data, self.blank = skip_empty_lines(data, self.blank)
+                if not data:
+                    return
             self.head = data  # the usual case: the whole head in one read, no copy
         elif type(head) is bytearray:
             head += data  # a head dribbling in: amortised appends, not quadratic copies
@@ -343,6 +357,7 @@ class HttpProtocol(asyncio.Protocol):
         config = state.config
         conn = self.conn
         self.cycle = cycle = Cycle(request.method == b"HEAD")
+        self.blank = 0
         if request.http_version not in (b"1.1", b"1.0"):
             self._client_error(505, "unsupported HTTP version")
             return
@@ -408,9 +423,13 @@ class HttpProtocol(asyncio.Protocol):
             cycle.awaiting_continue = conn.they_are_waiting_for_100_continue
             self.body.reset(True, cycle.awaiting_continue, config.max_body_size)
             wsgi_input = InputStream(self.body)
-        environ = request_environ(
-            self.base_environ, request, wsgi_input, config.root_path, fields, self.peer
-        )
+        try:
+            environ = request_environ(
+                self.base_environ, request, wsgi_input, config.root_path, fields, self.peer
+            )
+        except Refused as refused:  # the target's form or authority, a conflicting singleton
+            self._client_error(*refused.rejection)
+            return
         length = environ.get("CONTENT_LENGTH")
         if length is not None and int(length) > config.max_body_size:
             self._client_error(413, "request body too large")
@@ -467,7 +486,11 @@ class HttpProtocol(asyncio.Protocol):
         if len(data) > left:
             # The next request, pipelined: parsed once this exchange ends. Reading pauses, so
             # at most this one read waits here.
-            self.conn.receive_data(data[left:])
+            rest = data[left:]
+            if (rest[0] == 13 or self.blank) and not self.conn.trailing_data[0]:
+                rest, self.blank = skip_empty_lines(rest, self.blank)  # RFC 9112 2.2
+            if rest:  # (receive_data(b"") would mean EOF)
+                self.conn.receive_data(rest)
             self._pause_reading()
             data = data[:left]
             if not data:
@@ -614,6 +637,8 @@ class HttpProtocol(asyncio.Protocol):
             # (After a delimited body, the parser _delimit made holds what followed the body
             # and has parsed nothing yet: it takes the next request as it is.)
             self.conn = conn = self._new_parser()
+            if buffered[:1] == b"\r" or self.blank:  # empty lines before it (RFC 9112 2.2)
+                buffered, self.blank = skip_empty_lines(buffered, self.blank)
             if buffered:
                 conn.receive_data(buffered)
             if closed:

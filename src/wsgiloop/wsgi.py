@@ -36,6 +36,7 @@ from .response import (
     encode_chunk,
     error_head,
 )
+from .spool import spool_chunked_body
 
 if TYPE_CHECKING:
     from .config import Config
@@ -223,6 +224,7 @@ class Exchange:
         response.headers_sent = True
         stream = self.stream
         own_fd = stream.handoff(sock, count)  # a private duplicate: see ResponseStream.handoff
+        before = self.sent
         try:
             sent = sendfile_all(
                 own_fd,
@@ -231,6 +233,7 @@ class Exchange:
                 count,
                 lambda: stream.closed,
                 self.channel.config.write_timeout,
+                on_sent=self._count_sent,  # the access log's bytes, if the client goes midway
             )
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ClientDisconnected("client disconnected during sendfile") from exc
@@ -244,10 +247,13 @@ class Exchange:
             raise ClientDisconnected("client stopped reading during sendfile") from exc
         finally:
             os.close(own_fd)
-        self.sent += sent
+        self.sent = before + sent
         if sent < response.content_length:
             raise OSError(f"file ended after {sent} of {response.content_length} bytes")
         return True
+
+    def _count_sent(self, n: int) -> None:
+        self.sent += n
 
     # -- the pool thread's job ---------------------------------------------------------------
 
@@ -255,16 +261,23 @@ class Exchange:
         """Call the app and deliver its response. Never raises."""
         channel = self.channel
         result: Any = None
+        spooled = None  # the chunked body read ahead of the app (--spool-chunked-body)
         ended = False  # an end or abort reached the stream: the loop will free the pool slot
         if self.stream.closed:
             # Abandoned while waiting for a thread (client gone, or --timeout): don't run it.
             channel.release(self)
             return
         try:
+            config = channel.config
+            if config.spool_chunked_body:
+                spooled = spool_chunked_body(self.environ, config.body_buffer)
             result = channel.app(self.environ, self.start_response)
             if type(result) is list or type(result) is tuple:
                 chunks = [c if type(c) is bytes else _as_bytes(c) for c in result]
-                self._push([c for c in chunks if c], end=True)
+                chunks = [c for c in chunks if c]
+                if self.response.content_length is None:
+                    _set_known_length(self.response, chunks, self.head_only)
+                self._push(chunks, end=True)
             else:
                 if not (type(result) is FileWrapper and self._send_file(result)):
                     for chunk in result:
@@ -293,6 +306,8 @@ class Exchange:
                     result.close()
                 except Exception:
                     error_log.exception("Error closing the response iterable")
+            if spooled is not None:
+                spooled.close()
             if not ended:
                 channel.release(self)
             if access_log.isEnabledFor(logging.INFO):
@@ -342,6 +357,29 @@ class Exchange:
         except ClientDisconnected:
             return False
         return True
+
+
+def _set_known_length(response: Response, chunks: list[bytes], head_only: bool) -> None:
+    """Give a list or tuple body without a Content-Length the length it has.
+
+    PEP 3333 lets a server compute it when the iterable has one element; a list or tuple is
+    complete when the app returns it, so the same holds for any length. Without it, HTTP/1.1
+    gets a chunked response and HTTP/1.0 a close. Not for a status without content (204, 304),
+    an app's own Transfer-Encoding, a response already started with ``write()``, or a HEAD
+    whose app returned no body (a GET might have one: a 0 would be a lie).
+    """
+    if response.headers_sent or not response.status or response.status_code in (204, 304):
+        return
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+    if head_only and not total:
+        return
+    for name, _ in response.headers:
+        if name.lower() == b"transfer-encoding":
+            return
+    response.headers.append((b"Content-Length", b"%d" % total))
+    response.content_length = total
 
 
 def _as_bytes(chunk: Any) -> bytes:
