@@ -106,7 +106,7 @@ def test_deadlines_come_from_the_settings_of_each_phase() -> None:
 
 
 def head(close: bool = False) -> Head:
-    return Head(b"HTTP/1.1 200 OK\r\n", 1, close)
+    return Head(b"HTTP/1.1 200 OK\r\n", 1, close, 200)
 
 
 @pytest.mark.parametrize(

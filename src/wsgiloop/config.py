@@ -113,6 +113,7 @@ TLS = "TLS"
 ENVIRON = "application environment"
 PROCESS = "process"
 LOGGING = "logging"
+METRICS = "metrics and health"
 
 
 @dataclass(slots=True)
@@ -365,6 +366,30 @@ class Config:
         help="a logging dictConfig given inline (config files only)",
     )
 
+    # Metrics and health (see metrics, exposition, statsd). Off by default: nothing is counted.
+    # A listener of its own, never one of --bind; with --workers N the supervisor serves the
+    # whole instance there.
+    metrics_bind: str | None = setting(
+        None, flags=("--metrics-bind",), metavar="ADDRESS", group=METRICS,
+        help="HOST:PORT or unix:PATH serving GET /metrics (Prometheus) and the health path; "
+        "never an app address",
+    )
+    health_path: str | None = setting(
+        None, flags=("--health-path",), metavar="/PATH", group=METRICS,
+        help="answered on the loop, never by the app: 200 while serving, 503 once a graceful "
+        "stop begins; also on --metrics-bind",
+    )
+    statsd_host: str | None = setting(
+        None, flags=("--statsd-host",), metavar="HOST:PORT", group=METRICS,
+        help="send gunicorn's statsd metrics and wsgiloop's there, batched per tick",
+    )
+    statsd_prefix: str = setting("", flags=("--statsd-prefix",), metavar="PREFIX",
+                                 group=METRICS, help="prefix of every statsd name")
+    dogstatsd_tags: str = setting(
+        "", flags=("--dogstatsd-tags",), metavar="TAGS", group=METRICS,
+        help="comma-separated dogstatsd tags for every statsd line, e.g. env:prod",
+    )
+
     # Server hooks (gunicorn's names), from a Python config file only.
     hooks: Hooks = field(default_factory=Hooks)
 
@@ -428,7 +453,41 @@ class Config:
             check_worker_class(self.worker_class)
         except Refused as exc:
             raise ConfigError(str(exc)) from None
+        self._validate_metrics()
         return self
+
+    def _validate_metrics(self) -> None:
+        from .sockets import parse_bind
+
+        if self.metrics_bind is not None:
+            try:
+                address = parse_bind(self.metrics_bind, default_port=9100)
+            except ValueError as exc:
+                raise ConfigError(str(exc).replace("--bind", "--metrics-bind")) from None
+            if address.port != 0 and any(
+                str(address) == str(parse_bind(bind)) for bind in self.bind if _parses(bind)
+            ):
+                raise ConfigError("--metrics-bind must not be one of --bind: the app's port "
+                                  "never serves metrics")
+        if self.health_path is not None and not self.health_path.startswith("/"):
+            raise ConfigError("--health-path must start with '/'")
+        if self.statsd_host is not None:
+            if self.statsd_host.startswith("unix:"):
+                raise ConfigError("--statsd-host must be HOST:PORT")
+            try:
+                parse_bind(self.statsd_host, default_port=8125)
+            except ValueError as exc:
+                raise ConfigError(str(exc).replace("--bind", "--statsd-host")) from None
+
+
+def _parses(bind: str) -> bool:
+    from .sockets import parse_bind
+
+    try:
+        parse_bind(bind)
+    except ValueError:
+        return False
+    return True
 
 
 # -- reading the declarations --------------------------------------------------------------------

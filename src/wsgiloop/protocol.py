@@ -39,6 +39,7 @@ from .lifecycle import (
     exchange_deadline,
 )
 from .logs import error_log
+from .metrics import TIMEOUT_APP, TIMEOUT_BODY, TIMEOUT_WRITE
 from .proxy import apply_proxy_headers
 from .proxy_protocol import NEED_MORE, ProxyHeaderError, starts_like_proxy
 from .proxy_protocol import parse as parse_proxy_header
@@ -134,6 +135,8 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         config = state.config
         state.connections.add(self)
+        if state.metrics is not None:
+            state.metrics.accepted()
         self.conn = self._new_parser()
         self.transport.set_write_buffer_limits(  # type: ignore[union-attr]
             config.write_buffer_high, config.write_buffer_low
@@ -153,7 +156,10 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = self.loop.time() + config.header_timeout  # NEW's deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state.connections.discard(self)
+        state = self.state
+        state.connections.discard(self)
+        if state.metrics is not None and self.phase is EXCHANGE:
+            state.metrics.client_disconnected()  # we close in other phases, or went first
         self._enter(CLOSED)
         # Wake a blocked app thread: its next write or read raises ClientDisconnected, so the
         # app's iterable is closed and its pool thread freed.
@@ -208,12 +214,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def _released(self, exchange: Exchange) -> None:
         self.state.job_done(exchange.timed_out)
+        if self.state.metrics is not None:
+            self.state.metrics.exchange_ended(exchange, False)
         if self.exchange is exchange:
             self.exchange = None
 
     # -- reading -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        metrics = self.state.metrics
+        if metrics is not None:
+            metrics.received(len(data))
         phase = self.phase
         if phase is HEAD:
             pass
@@ -455,6 +466,9 @@ class HttpProtocol(asyncio.Protocol):
         # Without a body there is nothing more to read for this request; h11's EndOfMessage for it
         # comes only if later bytes make _pump ask (the next request pipelined behind it).
         cycle.bodiless = bodiless = not te and not cl
+        if bodiless and state.health_target is not None and _is_health(request, state):
+            self._answer_health()
+            return
         if bodiless:
             wsgi_input: InputStream | EmptyInput = EMPTY_INPUT  # self.body is left as it is
         else:
@@ -585,6 +599,8 @@ class HttpProtocol(asyncio.Protocol):
             exchange = self.exchange
             assert cycle is not None and exchange is not None
             cycle.responded = True
+            if self.state.metrics is not None:
+                self.state.metrics.head_sent(exchange, head)
             if cycle.app_deadline:
                 cycle.app_deadline = 0.0  # the app answered in time
                 self._arm()
@@ -632,7 +648,10 @@ class HttpProtocol(asyncio.Protocol):
         self.state.job_done(exchange is not None and exchange.timed_out)
         transport = self.transport
         assert transport is not None
-        if self.phase is not EXCHANGE or transport.is_closing():
+        complete = self.phase is EXCHANGE and not transport.is_closing()
+        if self.state.metrics is not None and exchange is not None:
+            self.state.metrics.exchange_ended(exchange, complete)
+        if not complete:
             return  # closed under the app (gone, timed out, aborted)
         cycle = self.cycle
         assert cycle is not None
@@ -684,6 +703,32 @@ class HttpProtocol(asyncio.Protocol):
         if buffered or closed:
             self._pump()  # a pipelined request (or the client's EOF) is already in
 
+    def _answer_health(self) -> None:
+        """``--health-path``, answered here and never by the app: 200 while serving, 503 once a
+        graceful stop began (so a load balancer stops sending before connections close)."""
+        state = self.state
+        cycle = self.cycle
+        assert cycle is not None and self.transport is not None
+        self._enter(EXCHANGE)
+        cycle.responded = True
+        if state.stopping:
+            status, body = 503, b"stopping\n"
+        else:
+            status, body = 200, b"ok\n"
+        head = error_head(status, body, state.default_headers)
+        keep_alive = cycle.keep_alive and not state.stopping
+        if keep_alive:
+            end_of_head = END_KEEP_ALIVE if cycle.http11 else END_KEEP_ALIVE_10
+        else:
+            end_of_head = END_CLOSE
+        self.transport.writelines(
+            [head.data, end_of_head] if cycle.head_request else [head.data, end_of_head, body]
+        )
+        if keep_alive:
+            self._start_next_cycle()
+        else:
+            self._close()
+
     def _new_parser(self) -> h11.Connection:
         return _Connection(_SERVER, max_incomplete_event_size=self.state.config.max_header_bytes)
 
@@ -716,13 +761,18 @@ class HttpProtocol(asyncio.Protocol):
             )
             exchange.timed_out = True
             self.state.hung += 1
+            kind = TIMEOUT_APP
             self._give_up(503)
         elif self.write_paused and now >= self.write_paused + self.state.config.write_timeout:
             error_log.info("Client %s stopped reading the response to %s", _peer(self), what)
+            kind = TIMEOUT_WRITE
             self._abort()
         else:
             error_log.info("Client %s stalled sending the body of %s", _peer(self), what)
+            kind = TIMEOUT_BODY
             self._give_up(408)
+        if self.state.metrics is not None:
+            self.state.metrics.timed_out(kind)
 
     def _give_up(self, status: int) -> None:
         """Abandon the request in flight: the app's output is dropped (its next write or read
@@ -749,6 +799,13 @@ class HttpProtocol(asyncio.Protocol):
             cycle.responded = True
             cycle.keep_alive = False
             head_only = cycle.head_request
+        metrics = self.state.metrics
+        if metrics is not None:
+            if self.exchange is not None:  # the server answers for the app (503, 408)
+                metrics.head_sent(self.exchange, head)
+            else:
+                metrics.wrote(len(head.data))
+            metrics.wrote(0 if head_only else len(body))
         if head_only:
             self.transport.writelines([head.data, END_CLOSE])
         else:
@@ -768,6 +825,8 @@ class HttpProtocol(asyncio.Protocol):
             # aborted connection.
             self._give_up(status)
             return
+        if self.state.metrics is not None:
+            self.state.metrics.refused(status)  # never passed to the app
         if not transport.is_closing():
             self._write_error(status)
         self._linger()
@@ -810,6 +869,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_deadline(self) -> None:
         """Called by the server's ticker once ``deadline`` has passed."""
+        if self.state.metrics is not None:
+            self.state.metrics.deadline_passed(self.phase)
         _ON_DEADLINE[self.phase](self)
 
     def _head_timeout(self) -> None:
@@ -862,6 +923,18 @@ def _nothing() -> None:
 
 def _peer(proto: HttpProtocol) -> str:
     return proto.peer[0] or "unix socket"
+
+
+def _is_health(request: h11.Request, state: ServerState) -> bool:
+    """Whether ``request`` asks for --health-path (GET or HEAD; any query string)."""
+    target = request.target
+    health = state.health_target
+    assert health is not None
+    return (
+        target.startswith(health)
+        and (len(target) == len(health) or target[len(health)] == 0x3F)  # "?"
+        and request.method in (b"GET", b"HEAD")
+    )
 
 
 def _buffered(conn: h11.Connection) -> bool:

@@ -21,11 +21,13 @@ from collections.abc import Callable, Sequence
 from . import __version__
 from .config import DEFAULT_BIND, Config
 from .hooks import ServerView, WorkerView
+from .lifecycle import IDLE
 from .logs import error_log, reopen_files
 from .process import become_worker, own_sockets
 from .protocol import HttpProtocol
 from .sockets import create_socket, describe, parse_bind, socket_from_fd
 from .state import ServerState
+from .telemetry import Telemetry
 from .wsgi import WSGIApp
 
 TICK = 0.25  # seconds between timeout sweeps; timeouts are honoured to within this
@@ -83,6 +85,8 @@ class Server:
         heartbeat: Callable[[], None] | None = None,
         max_requests: int = 0,
         worker: WorkerView | None = None,
+        publish: Callable[[Sequence[float]], None] | None = None,
+        slot: int | None = None,
     ) -> None:
         self.app = app
         self.worker = worker  # what the hooks are given as ``worker``
@@ -94,6 +98,11 @@ class Server:
         self.heartbeat = heartbeat  # called each tick: the supervisor's liveness signal
         self.max_requests = max_requests
         self.parent_pid = os.getppid()
+        # Metrics: under the supervisor, the worker's slot of the shared board and its writer
+        # (the supervisor serves the scrapes); standalone, a listener on this loop.
+        self.publish = publish
+        self.slot = slot
+        self.telemetry: Telemetry | None = None
 
     async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
         """Serve until ``stop()``; then shut down gracefully."""
@@ -109,6 +118,9 @@ class Server:
                 lambda: HttpProtocol(state), sock=sock, backlog=config.backlog, ssl=tls
             )
             self._servers.append(server)
+        if state.metrics is not None:
+            self.telemetry = Telemetry(state, self.publish, self.slot)
+            await self.telemetry.start()
         if self.heartbeat is None:  # under the supervisor, it has said where it listens
             for sock in sockets:
                 error_log.info(
@@ -121,6 +133,9 @@ class Server:
         finally:
             ticker.cancel()
             await self._shutdown()
+            if self.telemetry is not None:
+                self.telemetry.report(final=True)  # the supervisor retires these figures
+                self.telemetry.close()
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -156,17 +171,24 @@ class Server:
                 self.max_requests = 0
                 self.stop()
             now = int(time.time())
-            if now != last_second:
+            new_second = now != last_second
+            if new_second:
                 last_second = now
                 state.refresh_headers()
             clock = loop.time()
+            idle = 0
             for proto in list(state.connections):
+                if proto.phase is IDLE:
+                    idle += 1
                 if proto.deadline and clock >= proto.deadline:
                     try:
                         proto.on_deadline()
                     except Exception:  # one connection's bug must not stop every timeout
                         error_log.exception("Error timing out a connection")
                         proto.abort()
+            state.idle = idle
+            if self.telemetry is not None:
+                self.telemetry.report(new_second)
 
     async def _shutdown(self) -> None:
         state = self.state
@@ -237,6 +259,8 @@ def run(
     max_requests: int = 0,
     on_ready: Callable[[], None] | None = None,
     worker: WorkerView | None = None,
+    publish: Callable[[Sequence[float]], None] | None = None,
+    slot: int | None = None,
 ) -> int:
     """Run one worker in this process until SIGINT/SIGTERM (graceful) or SIGQUIT (fast).
 
@@ -246,7 +270,15 @@ def run(
     config.validate()
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
-    server = Server(app, config, heartbeat=heartbeat, max_requests=max_requests, worker=worker)
+    server = Server(
+        app,
+        config,
+        heartbeat=heartbeat,
+        max_requests=max_requests,
+        worker=worker,
+        publish=publish,
+        slot=slot,
+    )
     if heartbeat is None:
         error_log.info("Starting wsgiloop %s", __version__)
     error_log.info(

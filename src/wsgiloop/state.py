@@ -15,6 +15,7 @@ from .config import Config
 from .environ import connection_environ
 from .hooks import RequestHooks, WorkerView
 from .lifecycle import Phase, phase_timeouts
+from .metrics import Metrics
 from .pool import ThreadPool
 from .proxy import ProxyTrust
 from .wsgi import WSGIApp
@@ -24,6 +25,7 @@ class Tracked(Protocol):
     """A connection as the server sees it (``protocol.HttpProtocol``)."""
 
     deadline: float
+    phase: Phase
 
     def on_deadline(self) -> None: ...
 
@@ -41,8 +43,11 @@ class ServerState:
         "config",
         "connections",
         "default_headers",
+        "health_target",
         "hung",
+        "idle",
         "loop",
+        "metrics",
         "pool",
         "proxy_protocol",
         "proxy_trust",
@@ -63,8 +68,19 @@ class ServerState:
         self.app = app
         self.config = config
         self.loop = loop
-        self.pool = ThreadPool(config.threads)
+        #: The worker's figures; None with neither --metrics-bind nor --statsd-host, and then
+        #: every place that counts costs one test of this attribute.
+        self.metrics = (
+            Metrics() if config.metrics_bind is not None or config.statsd_host is not None
+            else None
+        )
+        self.pool = ThreadPool(
+            config.threads, waited=None if self.metrics is None else self.metrics.waited
+        )
         self.connections: set[Tracked] = set()
+        self.idle = 0  # connections in IDLE at the last tick (the ticker counts them)
+        #: The request target of --health-path, answered on the loop (None: off).
+        self.health_target = config.health_path.encode() if config.health_path else None
         self.stopping = False
         self.requests = 0  # responses completed, for --max-requests
         #: pre_request/post_request, or None when neither is defined (one test per request).

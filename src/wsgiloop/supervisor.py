@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .board import Fleet, metrics_enabled
 from .config import Config
 from .hooks import ServerView, WorkerView
 from .logs import error_log, reopen_files, set_pid
@@ -102,6 +103,8 @@ class Supervisor:
         self.exit_status = 0
         self.sockets: list[Any] = []
         self.wake_r, self.wake_w = os.pipe()
+        # Metrics (board.Fleet): the workers' shared figures, served by a thread of its own.
+        self.fleet = Fleet(config, MAX_SLOTS) if metrics_enabled(config) else None
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -129,6 +132,8 @@ class Supervisor:
 
             watcher = Watcher(self.config, self._request_reload)
             watcher.start()
+        if self.fleet is not None:
+            self.fleet.start(lambda: any(w.ready for w in list(self.workers.values())))
         notified = False
         try:
             while True:
@@ -152,6 +157,8 @@ class Supervisor:
             systemd.notify("STOPPING=1")
             for sock in self.sockets:
                 sock.close()
+            if self.fleet is not None:
+                self.fleet.close()
         error_log.info("Shutdown complete")
         return self.exit_status
 
@@ -190,6 +197,8 @@ class Supervisor:
                 error_log.info("Received SIGHUP: reloading workers")
                 self.generation += 1
                 self.hooks.run("on_reload", self.server)
+                if self.fleet is not None:
+                    self.fleet.reloads += 1
             elif sig == signal.SIGTTIN:
                 self.target += 1
                 error_log.info("Received SIGTTIN: workers %d", self.target)
@@ -209,6 +218,8 @@ class Supervisor:
             return
         error_log.info("Received %s: %s shutdown", name, mode)
         self.stopping = mode
+        if self.fleet is not None:
+            self.fleet.stopping = True  # the health path answers 503 from now on
         self.stop_deadline = time.monotonic() + (
             self.config.graceful_timeout + 5 if mode == "graceful" else 5
         )
@@ -276,6 +287,8 @@ class Supervisor:
             self.workers[pid] = Worker(pid, slot, time.monotonic(), self.generation)
             view.pid = pid
             self.server.WORKERS[pid] = view
+            if self.fleet is not None:
+                self.fleet.spawned(slot, pid)
             error_log.info("Booting worker with pid: %d", pid)
             return
         view.pid = os.getpid()
@@ -317,6 +330,7 @@ class Supervisor:
         def heartbeat() -> None:
             pack(beats, offset, clock())
 
+        publish = self.fleet.in_worker(slot) if self.fleet is not None else None
         config = self.config
         max_requests = config.max_requests
         if max_requests and config.max_requests_jitter:
@@ -330,6 +344,8 @@ class Supervisor:
                 max_requests=max_requests,
                 on_ready=heartbeat,
                 worker=view,
+                publish=publish,
+                slot=slot,
             )
         finally:
             self.hooks.run("worker_exit", self.server, view)
@@ -349,6 +365,8 @@ class Supervisor:
             if view is not None:
                 view.alive = False
                 self.hooks.run("child_exit", self.server, view)
+            if self.fleet is not None:
+                self.fleet.exited(worker.slot)  # its figures join the retired totals
             code = os.waitstatus_to_exitcode(status)
             if code == WORKER_BOOT_ERROR and not worker.ready:
                 error_log.error("Worker %d failed to boot: stopping", pid)
@@ -382,6 +400,8 @@ class Supervisor:
             if now - last > timeout and not worker.killed_at:
                 error_log.critical("WORKER TIMEOUT (pid: %d): killing it", worker.pid)
                 worker.killed_at = now
+                if self.fleet is not None:
+                    self.fleet.workers_timed_out += 1
                 # With a worker_abort hook, SIGABRT first (the worker runs it and exits), and
                 # SIGKILL a second later for a worker too stuck even for that.
                 if self.hooks.worker_abort is not None:
