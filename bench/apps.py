@@ -1,4 +1,4 @@
-"""The WSGI apps every server in the benchmark runs (pure stdlib, no framework).
+"""The WSGI apps every server in the benchmark runs.
 
 Each callable is a complete WSGI app that ignores the path, so a server is started with one of
 them (``apps:hello`` and so on) and every request it gets exercises that one code path:
@@ -10,10 +10,16 @@ them (``apps:hello`` and so on) and every request it gets exercises that one cod
   byte count.
 * ``sleep``: blocks its thread for 50 ms (``time.sleep``, GIL released, like a database call),
   then answers like ``hello``.
+
+The framework apps (``flask_json``, ``django_page``) live in their own modules and are imported
+on first access of the attribute (PEP 562 ``__getattr__``), so a server started with
+``apps:hello`` loads no framework, and one started with ``apps:flask_json`` finds Flask's app
+here like any other.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -86,3 +92,15 @@ APPS: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
     "upload": upload,
     "sleep": sleep,
 }
+
+#: Framework apps: attribute name -> module whose ``app`` it is (see the module docstring).
+FRAMEWORK_APPS = {"flask_json": "flask_app", "django_page": "django_app"}
+
+
+def __getattr__(name: str) -> Any:
+    module = FRAMEWORK_APPS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    app = importlib.import_module(module).app
+    globals()[name] = app
+    return app

@@ -15,10 +15,12 @@ import apps
 
 
 def __getattr__(name: str) -> Any:
-    if name not in apps.APPS:
+    if name not in apps.APPS and name not in apps.FRAMEWORK_APPS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from a2wsgi import WSGIMiddleware  # imported lazily: only the bench venv has it
 
-    middleware = WSGIMiddleware(apps.APPS[name], workers=int(os.environ.get("BENCH_THREADS", "8")))
+    middleware = WSGIMiddleware(
+        getattr(apps, name), workers=int(os.environ.get("BENCH_THREADS", "8"))
+    )
     globals()[name] = middleware
     return middleware

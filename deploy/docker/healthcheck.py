@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Docker HEALTHCHECK probe: exit 0 if wsgiloop answers HTTP on this container's port.
 
 The slim base image has no curl, and a Python one-liner in the Dockerfile is unreadable, so this

@@ -1,51 +1,286 @@
 """The ``wsgiloop`` command, in gunicorn's and uvicorn's habits.
 
-``wsgiloop module:app --bind 0.0.0.0:8000 --threads 16``. Option names follow gunicorn where it
-has one (``--bind``, ``--backlog``, ``--keep-alive``, ``--limit-request-line``...) and uvicorn
-where only it does (``--loop``, ``--limit-concurrency``, ``--root-path``, ``--proxy-headers``).
+``wsgiloop module:app --bind 0.0.0.0:8000 --threads 16``. Every option comes from the settings'
+declarations in ``config``: their wsgiloop flags, and gunicorn's spellings as aliases, so that a
+gunicorn command line works with the one word changed. gunicorn settings that wsgiloop does
+without are accepted with a one-line reason or refused with one (``compat``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib
 import os
+import shlex
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import __version__, exitcodes
+from .compat import FOREIGN, Refused, judge, worker_class_note
 from .config import (
-    DEFAULT_BIND,
-    LOG_LEVELS,
     Config,
     ConfigError,
-    default_threads,
+    Option,
+    field_names,
     from_environ,
+    from_platform,
     from_toml,
+    option_of,
     render,
 )
+from .loader import AppImportError, load_app, load_paste
+
+__all__ = ["AppImportError", "build_parser", "config_from_args", "load_app", "main"]
+
+#: Exit statuses (also in the README): 0 a clean stop; 1 the server failed while running;
+#: 2 a bad command line or configuration, or (one worker) an app that does not import.
+EXIT_CONFIG = exitcodes.USAGE
+
+#: Read from the current directory when no --config is given, the first that exists.
+DEFAULT_CONFIG_FILES = ("wsgiloop.conf.py", "gunicorn.conf.py")
 
 
-class AppImportError(Exception):
-    """The app cannot be loaded; ``str()`` is one line saying why (and where, if it raised)."""
+def build_parser() -> argparse.ArgumentParser:
+    """Options default to "not given" so that the config file and environment can fill them."""
+    defaults = Config()
+    p = argparse.ArgumentParser(
+        prog="wsgiloop",
+        usage="%(prog)s [OPTIONS] [APP]",
+        description="Serve a WSGI application: h11 on an asyncio event loop, the app on threads.",
+        epilog="Every option can also come from a config file (-c: TOML, or Python as a "
+        "gunicorn.conf.py), a WSGILOOP_<NAME> environment variable or WSGILOOP_CMD_ARGS. "
+        "Precedence: defaults < PORT/WEB_CONCURRENCY < file < WSGILOOP_<NAME> < "
+        "WSGILOOP_CMD_ARGS (or GUNICORN_CMD_ARGS) < command line. Without -c, "
+        "./wsgiloop.conf.py or ./gunicorn.conf.py is read if there.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("app", metavar="APP", nargs="?", help="MODULE:ATTRIBUTE or MODULE:FACTORY()")
+    p.add_argument("--version", action="version", version=f"wsgiloop {__version__}")
+    p.add_argument("-c", "--config", dest="config_file", default=None, metavar="FILE",
+                   help="a TOML file of settings (threads = 8), or a Python one "
+                   "(gunicorn.conf.py: settings as module names, server hooks as functions); "
+                   "python:MODULE imports one")
+    p.add_argument("--check-config", "--print-config", action="store_true", default=False,
+                   help="print the effective configuration, check the app loads, and exit")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name in field_names():
+        option = option_of(name)
+        if option is None or not option.flags:
+            continue
+        if option.group not in groups:
+            groups[option.group] = p.add_argument_group(option.group)
+        _add(groups[option.group], name, option, getattr(defaults, name))
+    foreign = p.add_argument_group(
+        "gunicorn settings wsgiloop does without (accepted with a reason, or refused with one)"
+    )
+    for item in FOREIGN:
+        if item.flags:
+            kwargs: dict[str, Any] = (
+                {"metavar": "VALUE"} if item.takes_value else {"action": "store_true"}
+            )
+            foreign.add_argument(*item.flags, dest=f"foreign:{item.name}",
+                                 help=f"{item.verdict.split('-')[0]}: {item.reason}", **kwargs)
+    return p
 
 
-def load_app(spec: str) -> Any:
-    """``module:attr``, ``module:attr.sub``, ``module:factory()`` or ``module:factory(1, 'x')``.
+def _add(group: argparse._ArgumentGroup, name: str, option: Option, default: Any) -> None:
+    """One setting's flags; its gunicorn spellings are hidden aliases named in its help."""
+    text = option.help
+    if option.show_default and option.kind in ("value", "both"):
+        shown = "on" if default is True else "off" if default is False else default
+        if shown not in (None, ""):
+            text += f" ({shown})"
+    if option.gunicorn_flags:
+        text += f"; gunicorn: {', '.join(option.gunicorn_flags)}"
+    kwargs: dict[str, Any] = {"dest": name}
+    if option.kind == "value":
+        kwargs["type"] = option.parse or _parse_for(default)
+        if option.choices is not None:
+            kwargs["choices"] = option.choices
+        if option.metavar:
+            kwargs["metavar"] = option.metavar
+    elif option.kind == "append":
+        kwargs["action"] = "append"
+        kwargs["type"] = option.parse or str
+        if option.metavar:
+            kwargs["metavar"] = option.metavar
+    elif option.kind == "on":
+        kwargs["action"] = "store_true"
+    elif option.kind == "off":
+        kwargs["action"] = "store_false"
+    else:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    group.add_argument(*option.flags, help=text, **kwargs)
+    if option.gunicorn_flags:
+        group.add_argument(*option.gunicorn_flags, help=argparse.SUPPRESS, **kwargs)
 
-    A bare ``module`` means ``module:application``, as with gunicorn. Whatever goes wrong, in
-    the spec or in the app's own import, is an ``AppImportError`` whose message is one line;
-    the original exception is its ``__cause__`` (logged with its traceback at debug level).
-    """
+
+def _parse_for(default: Any) -> Callable[[str], Any]:
+    if isinstance(default, float):
+        return float
+    if isinstance(default, int) and not isinstance(default, bool):
+        return int
+    return str
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    notes: list[str] | None = None,
+) -> Config:
+    """Defaults < ``PORT``/``WEB_CONCURRENCY`` < ``--config`` file < ``WSGILOOP_*`` environment
+    < ``WSGILOOP_CMD_ARGS`` < command line. Info lines for gunicorn settings that are ignored
+    go to ``notes``."""
+    environ = os.environ if environ is None else environ
+    notes = [] if notes is None else notes
+    given = _given(args, notes)
+    config_file = given.pop("config_file", None)
+    # GUNICORN_CMD_ARGS too, so that a Dockerfile's ENV keeps working once CMD says wsgiloop.
+    source = "WSGILOOP_CMD_ARGS" if environ.get("WSGILOOP_CMD_ARGS") else "GUNICORN_CMD_ARGS"
+    cmd_args = environ.get(source, "").strip()
+    from_cmd_args: dict[str, Any] = {}
+    if cmd_args:
+        try:
+            parsed = build_parser().parse_args(shlex.split(cmd_args))
+        except SystemExit:
+            raise ConfigError(f"{source}={cmd_args!r}: see the error above") from None
+        from_cmd_args = _given(parsed, notes)
+        config_file = from_cmd_args.pop("config_file", None) or config_file
+    if config_file is None:
+        # As gunicorn reads ./gunicorn.conf.py when no -c is given.
+        for candidate in DEFAULT_CONFIG_FILES:
+            if os.path.isfile(candidate):
+                config_file = candidate
+                notes.append(f"Using ./{candidate} (no --config given)")
+                break
+    values: dict[str, Any] = {}
+    values.update(from_platform(environ))
+    hooks = None
+    if config_file:
+        from .pyconfig import from_python, is_python_config
+
+        if is_python_config(config_file):
+            file_values, hooks, file_notes = from_python(config_file)
+            notes += file_notes
+        else:
+            file_values = from_toml(config_file)
+        values.update(file_values)
+    values.update(from_environ(environ))
+    values.update(from_cmd_args)
+    values.update(given)
+    config = Config(**values)
+    if hooks is not None:
+        config.hooks = hooks
+    note = worker_class_note(config.worker_class)
+    if note:
+        notes.append(note)
+    return config.validate()
+
+
+def _given(args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
+    """The settings a parsed command line gave, with gunicorn-only flags judged."""
+    given = dict(vars(args))
+    given.pop("check_config", None)
+    for key in [k for k in given if k.startswith("foreign:")]:
+        try:
+            note = judge(key.partition(":")[2], given.pop(key))
+        except Refused as exc:
+            raise ConfigError(str(exc)) from None
+        if note:
+            notes.append(note)
+    if given.get("config_file") is None:
+        given.pop("config_file", None)
+    return given
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command; its exit statuses are ``exitcodes``' (one per cause, whatever --workers)."""
+    from . import process
+    from .hooks import ServerView
+    from .logs import configure, error_log
+    from .sockets import ListenError, parse_bind
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    notes: list[str] = []
     try:
-        return _load_app(spec)
-    except AppImportError:
-        raise
-    except Exception as exc:
-        raise AppImportError(f"could not load {spec!r}: {_one_line(exc)}") from exc
+        config = config_from_args(args, notes=notes)
+        if config.app is None and config.paste is None:
+            raise ConfigError("the APP argument is required (e.g. wsgiloop wsgiloop.demo:app)")
+        for value in config.bind:
+            parse_bind(value)  # a malformed --bind is a usage error, found before anything starts
+    except (ConfigError, TypeError, ValueError) as exc:
+        sys.stderr.write(f"wsgiloop: error: {exc}\n")  # one line: the option and the reason
+        return EXIT_CONFIG
+    try:
+        process.prepare(config)
+        ids = process.resolve_ids(config)
+        configure(
+            config.log_level,
+            config.access_log,
+            config.log_config,
+            config.access_log_json,
+            access_file=config.access_log_file,
+            error_file=config.error_log_file,
+            log_config_dict=config.log_config_dict,
+            capture_output=config.capture_output,
+        )
+    except (ConfigError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        sys.stderr.write(f"wsgiloop: error: {reason}\n")
+        return EXIT_CONFIG
+    for note in notes:
+        error_log.info("%s", note)
+    paste = config.paste
+    spec = config.app or ""
+
+    def load() -> Any:
+        """The app, or an ``AppImportError`` whose message is one line, whatever went wrong (the
+        original exception is its cause, logged with its traceback at debug level)."""
+        try:
+            return load_paste(paste) if paste else load_app(spec)
+        except AppImportError:
+            raise
+        except Exception as exc:
+            raise AppImportError(f"could not load {paste or spec!r}: {_one_line(exc)}") from exc
+
+    if args.check_config:
+        sys.stdout.write(render(config))
+        try:
+            load()
+        except AppImportError as exc:
+            error_log.error("Error: the app does not load: %s", exc)
+            return exitcodes.APP_LOAD
+        return exitcodes.OK
+    pidfile = process.PidFile(config.pid) if config.pid else None
+    server = ServerView(config, config.workers)
+    try:
+        if pidfile is not None:
+            pidfile.create()
+        config.hooks.run("on_starting", server)
+        _check_tls(config)
+        if config.workers > 1 or config.reload:
+            from .supervisor import run_supervisor
+
+            return run_supervisor(load, config, server, ids)
+        from .server import run_alone
+
+        return run_alone(load, config, server, ids)
+    except ListenError as exc:
+        error_log.error("Error: %s", exc)
+        return exitcodes.LISTEN
+    except AppImportError as exc:  # --preload, or --workers 1
+        error_log.error("Error: %s", exc)
+        error_log.debug("The app failed to load", exc_info=exc.__cause__ or exc)
+        return exitcodes.APP_LOAD
+    except ConfigError as exc:
+        error_log.error("Error: %s", exc)
+        return EXIT_CONFIG
+    finally:
+        config.hooks.run("on_exit", server)
+        if pidfile is not None:
+            pidfile.remove()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -57,220 +292,8 @@ def _one_line(exc: BaseException) -> str:
         frames = traceback.extract_tb(exc.__traceback__)
         if frames:
             where = f"{frames[-1].filename}:{frames[-1].lineno}"
-    text = " ".join(str(exc).split()) if not isinstance(exc, SyntaxError) else exc.msg
+    text = exc.msg if isinstance(exc, SyntaxError) else " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" + (f" ({where})" if where else "")
-
-
-def _load_app(spec: str) -> Any:
-    module_name, _, expr = spec.partition(":")
-    expr = expr or "application"
-    call_args: tuple[Any, ...] | None = None
-    kwargs: dict[str, Any] = {}
-    if expr.endswith(")") and "(" in expr:
-        expr, _, arg_text = expr.partition("(")
-        try:
-            call = ast.parse(f"f({arg_text}", mode="eval").body
-            assert isinstance(call, ast.Call)
-            call_args = tuple(ast.literal_eval(a) for a in call.args)
-            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
-        except (SyntaxError, ValueError, AssertionError) as exc:
-            raise AppImportError(f"{spec!r}: factory arguments must be literals") from exc
-    if not module_name or not all(part.isidentifier() for part in expr.split(".")):
-        raise AppImportError(f"{spec!r}: expected MODULE:ATTRIBUTE, e.g. myproject.wsgi:app")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
-            raise  # an import inside the app failed: say which (load_app)
-        raise AppImportError(f"could not import module {module_name!r}") from exc
-    for part in expr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AppImportError(f"module {module_name!r} has no attribute {expr!r}") from None
-    if call_args is not None:
-        obj = obj(*call_args, **kwargs)
-    if not callable(obj):
-        raise AppImportError(f"{spec!r} is not callable (got {type(obj).__name__})")
-    return obj
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Options default to "not given" so that the config file and environment can fill them."""
-    d = Config()
-    p = argparse.ArgumentParser(
-        prog="wsgiloop",
-        description="Serve a WSGI application: h11 on an asyncio event loop, the app on threads.",
-        epilog="Every option can also come from a TOML file (--config) or a WSGILOOP_<NAME> "
-        "environment variable; the command line wins over the environment, which wins over "
-        "the file.",
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument("app", metavar="APP", nargs="?", help="MODULE:ATTRIBUTE or MODULE:FACTORY()")
-    p.add_argument("--version", action="version", version=f"wsgiloop {__version__}")
-    p.add_argument("-c", "--config", dest="config_file", default=None, metavar="FILE",
-                   help="TOML file of settings (keys as the long options, e.g. threads = 8)")
-    p.add_argument("--check-config", action="store_true", default=False,
-                   help="print the effective configuration, check the app imports, and exit")
-
-    g = p.add_argument_group("listening")
-    g.add_argument("-b", "--bind", action="append", metavar="ADDRESS",
-                   help=f"HOST:PORT, [IPV6]:PORT or unix:PATH; repeatable ({DEFAULT_BIND})")
-    g.add_argument("--fd", action="append", type=int,
-                   help="serve on an inherited listening socket; repeatable")
-    g.add_argument("--backlog", type=int, help=f"listen() queue length ({d.backlog})")
-    g.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
-    g.add_argument("--umask", type=lambda s: int(s, 8),
-                   help="umask (octal) for creating Unix sockets, e.g. 007")
-
-    g = p.add_argument_group("concurrency")
-    g.add_argument("--threads", type=int,
-                   help=f"app threads per worker (min(32, 2*cores+4) = {default_threads()} here)")
-    g.add_argument("-w", "--workers", type=int, help="worker processes (1: no supervisor)")
-    g.add_argument("--loop", choices=("auto", "uvloop", "asyncio"),
-                   help="event loop (auto: uvloop when installed)")
-    g.add_argument("--max-requests", type=int,
-                   help="recycle a worker after this many requests (0: never)")
-    g.add_argument("--max-requests-jitter", type=int,
-                   help="add up to this many to --max-requests, per worker")
-    g.add_argument("-t", "--timeout", type=float,
-                   help=f"503 for a request the app has not answered in this long; kill a "
-                   f"worker whose event loop is silent this long ({d.timeout:g}s; 0: never)")
-    g.add_argument("--preload", action="store_true",
-                   help="load the app in the supervisor before forking workers")
-    g.add_argument("--limit-concurrency", type=int,
-                   help=f"connections per worker; requests beyond get 503 ({d.limit_concurrency})")
-
-    g = p.add_argument_group("limits and timeouts")
-    g.add_argument("--max-header-bytes", type=int,
-                   help=f"request line + headers; beyond: 431 ({d.max_header_bytes})")
-    g.add_argument("--limit-request-line", type=int,
-                   help=f"request target length; beyond: 414 ({d.limit_request_line})")
-    g.add_argument("--limit-request-fields", type=int,
-                   help=f"number of header fields; beyond: 431 ({d.limit_request_fields})")
-    g.add_argument("--max-body-size", type=int,
-                   help=f"request body bytes; beyond: 413 ({d.max_body_size})")
-    g.add_argument("--keep-alive", "--timeout-keep-alive", dest="keepalive_timeout", type=float,
-                   help=f"seconds an idle keep-alive connection stays ({d.keepalive_timeout:g})")
-    g.add_argument("--header-timeout", type=float,
-                   help=f"seconds to receive a request head; beyond: 408 ({d.header_timeout:g})")
-    g.add_argument("--body-timeout", type=float,
-                   help=f"seconds a request body may stall; then 408 ({d.body_timeout:g})")
-    g.add_argument("--write-timeout", type=float,
-                   help=f"seconds a client may read nothing of a response ({d.write_timeout:g})")
-    g.add_argument("--graceful-timeout", type=float,
-                   help=f"seconds in-flight requests get at shutdown ({d.graceful_timeout:g})")
-    g.add_argument("--write-buffer-high", type=int,
-                   help=f"bytes buffered for a slow client before the app blocks "
-                   f"({d.write_buffer_high})")
-    g.add_argument("--write-buffer-low", type=int,
-                   help=f"bytes the buffer must fall to before the app resumes "
-                   f"({d.write_buffer_low})")
-    g.add_argument("--body-buffer", type=int,
-                   help=f"request body read ahead of the app before reading pauses "
-                   f"({d.body_buffer})")
-    g.add_argument("--max-discard", type=int,
-                   help=f"unread body bytes drained to keep a connection ({d.max_discard})")
-
-    g = p.add_argument_group("TLS")
-    g.add_argument("--certfile", help="PEM certificate (chain); enables HTTPS")
-    g.add_argument("--keyfile", help="PEM private key (if not in --certfile)")
-    g.add_argument("--ca-certs", help="CA bundle to verify client certificates")
-    g.add_argument("--cert-reqs", type=int, choices=(0, 1, 2),
-                   help="client certificates: 0 none, 1 optional, 2 required")
-
-    g = p.add_argument_group("application environment")
-    g.add_argument("--root-path", help="SCRIPT_NAME of an app mounted under a URL prefix")
-    g.add_argument("--proxy-headers", action="store_true",
-                   help="apply X-Forwarded-*/Forwarded from --forwarded-allow-ips")
-    g.add_argument("--forwarded-allow-ips", type=_comma_list,
-                   help=f"trusted proxies: IPs, CIDRs or * ({','.join(d.forwarded_allow_ips)})")
-    g.add_argument("--no-server-header", dest="server_header", action="store_false")
-    g.add_argument("--no-date-header", dest="date_header", action="store_false")
-    g.add_argument("--chdir", default=None, help="change to this directory before loading APP")
-
-    g = p.add_argument_group("logging")
-    g.add_argument("--log-level", choices=LOG_LEVELS, help=f"({d.log_level})")
-    g.add_argument("--log-config", help="logging dictConfig as a JSON or TOML file")
-    g.add_argument("--access-log", action=argparse.BooleanOptionalAction,
-                   help="one line per request on stderr (on)")
-    g.add_argument("--access-log-format",
-                   help="gunicorn atoms: h l u t r m U q H s B b f a T D M L p {header}i")
-    g.add_argument("--access-log-json", action="store_true",
-                   help="access lines as JSON objects, for log shippers")
-    return p
-
-
-def _comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def config_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
-) -> Config:
-    """Defaults < ``--config`` file < ``WSGILOOP_*`` environment < command line."""
-    given = dict(vars(args))
-    config_file = given.pop("config_file", None)
-    given.pop("check_config", None)
-    given.pop("chdir", None)
-    values: dict[str, Any] = {}
-    if config_file:
-        values.update(from_toml(config_file))
-    values.update(from_environ(os.environ if environ is None else environ))
-    values.update(given)
-    return Config(**values).validate()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command; its exit statuses are ``exitcodes``' (one per cause, whatever --workers)."""
-    from .logs import configure, error_log
-    from .sockets import ListenError, parse_bind
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-        for value in config.bind:
-            parse_bind(value)  # a malformed --bind is a usage error, found before anything starts
-    except (ConfigError, TypeError, ValueError) as exc:
-        parser.error(str(exc))
-    if config.app is None:
-        parser.error("the APP argument is required (e.g. wsgiloop wsgiloop.demo:app)")
-    configure(config.log_level, config.access_log, config.log_config, config.access_log_json)
-    if getattr(args, "chdir", None):
-        try:
-            os.chdir(args.chdir)
-        except OSError as exc:
-            error_log.error("Error: --chdir %s: %s", args.chdir, exc.strerror)
-            return exitcodes.USAGE
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: apps in the current directory import
-    spec = config.app
-    if args.check_config:
-        sys.stdout.write(render(config))
-        try:
-            load_app(spec)
-        except AppImportError as exc:
-            error_log.error("Error: the app does not load: %s", exc)
-            return exitcodes.APP_LOAD
-        return exitcodes.OK
-    try:
-        _check_tls(config)
-        return _serve(config, spec)
-    except ListenError as exc:
-        error_log.error("Error: %s", exc)
-        return exitcodes.LISTEN
-    except AppImportError as exc:
-        error_log.error("Error: %s", exc)
-        error_log.debug("The app failed to load", exc_info=exc.__cause__ or exc)
-        return exitcodes.APP_LOAD
-    except _TLSError as exc:
-        error_log.error("Error: %s", exc)
-        return exitcodes.USAGE
-
-
-class _TLSError(Exception):
-    """``--certfile``/``--keyfile``/``--ca-certs`` cannot be used."""
 
 
 def _check_tls(config: Config) -> None:
@@ -285,22 +308,4 @@ def _check_tls(config: Config) -> None:
     try:
         tls_context(config)
     except (OSError, ssl.SSLError) as exc:
-        raise _TLSError(f"TLS: cannot use --certfile/--keyfile/--ca-certs: {exc}") from None
-
-
-def _serve(config: Config, spec: str) -> int:
-    """Listen first, then load the app (in the workers, with ``--workers N``), as gunicorn."""
-    if config.workers > 1:
-        from .supervisor import run_supervisor
-
-        return run_supervisor(lambda: load_app(spec), config)
-    from .server import run
-    from .sockets import open_sockets
-
-    listeners = open_sockets(config)
-    try:
-        app = load_app(spec)
-    except BaseException:
-        listeners.close()
-        raise
-    return run(app, config, listeners=listeners)
+        raise ConfigError(f"TLS: cannot use --certfile/--keyfile/--ca-certs: {exc}") from None

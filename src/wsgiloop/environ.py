@@ -16,6 +16,7 @@ from h11 import Request
 
 from . import __version__
 from .filewrapper import FileWrapper
+from .strict import SINGLETON_KEYS, Refused, Rejection, check_target
 
 SERVER_SOFTWARE = f"wsgiloop/{__version__}"
 
@@ -63,6 +64,9 @@ def connection_environ(
 
     ``server``/``peer`` are ``None`` on a Unix socket: REMOTE_ADDR is then empty (the proxy in
     front knows the client, see ``proxy``) and SERVER_NAME/PORT fall back to localhost.
+    REMOTE_HOST is REMOTE_ADDR: CGI (RFC 3875 4.1.9) says a server SHOULD set it and MAY put
+    the address there when the name is not available; a reverse DNS lookup per connection would
+    cost a round trip and prove nothing (the client controls its PTR record).
     """
     if server is None:
         server_name, server_port = "localhost", "443" if url_scheme == "https" else "80"
@@ -72,6 +76,7 @@ def connection_environ(
         "SERVER_NAME": server_name,
         "SERVER_PORT": server_port,
         "REMOTE_ADDR": peer[0] if peer else "",
+        "REMOTE_HOST": peer[0] if peer else "",
         "REMOTE_PORT": str(peer[1]) if peer else "",
         "SCRIPT_NAME": script_name,
         "SERVER_SOFTWARE": SERVER_SOFTWARE,
@@ -129,29 +134,49 @@ def request_environ(
     fields: list[tuple[bytes, bytes]] | None = None,
     peer: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The full environ for one parsed request.
+    """The full environ for one parsed request; raises ``strict.Refused`` for a request the app
+    must not see.
 
     ``fields`` is ``request.headers.raw_items()`` when the caller has it already (a plain list
     walks several times faster than h11's ``Headers`` sequence). ``peer`` (REMOTE_ADDR and
     REMOTE_PORT) replaces the base's, when the base is shared by several connections.
+
+    Refused (400): a target in none of the request-target forms, or an absolute-form one whose
+    authority is invalid (``strict.check_target``); a field of ``strict.SINGLETON_KEYS`` repeated
+    with another value. Other repeated fields are joined with "," (RFC 9110 5.3), Cookie with
+    "; " (RFC 6265 5.4). A ``#fragment`` (which no request-target may hold: RFC 9112 3.2) is
+    dropped from PATH_INFO and QUERY_STRING and kept in RAW_URI, as nginx, which routes on the
+    part before the "#", hands the request on. ``OPTIONS *`` gets PATH_INFO "" (the request is
+    about the server, not a resource; CGI allows an empty PATH_INFO, never one without a
+    leading "/") and RAW_URI "*".
     """
     environ = base.copy()
     if peer is not None:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = peer
-    target = request.target
+        environ["REMOTE_HOST"] = peer[0]
+    raw_target = target = request.target
+    if b"#" in target:
+        target = target[: target.index(b"#")]
     if target[:1] == b"/":  # origin-form, all but always
         raw_path, _, query = target.partition(b"?")
         end = -1
     else:
-        raw_path, query = split_target(target)
-        end = _authority_end(target)
+        rejection = check_target(request.method, raw_target)
+        if rejection is not None:
+            raise Refused(rejection)
+        if target == b"*":  # asterisk-form: OPTIONS only (check_target)
+            raw_path = query = b""
+            end = -1
+        else:
+            raw_path, query = split_target(target)
+            end = _authority_end(target)
     path = decode_path(raw_path)
     if script_name and (path == script_name or path.startswith(script_name + "/")):
         path = path[len(script_name) :]
     environ["REQUEST_METHOD"] = request.method.decode("ascii")
     environ["PATH_INFO"] = path
     environ["QUERY_STRING"] = query.decode("latin-1")
-    environ["RAW_URI"] = target.decode("latin-1")
+    environ["RAW_URI"] = raw_target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode("ascii")
     environ["wsgi.input"] = wsgi_input
     get_key = _environ_key
@@ -164,13 +189,18 @@ def request_environ(
             if key == "HTTP_COOKIE":
                 # RFC 6265 5.4: several Cookie fields are one list joined with "; ".
                 text = environ[key] + "; " + text
+            elif key in SINGLETON_KEYS:
+                if text != environ[key]:
+                    field = name.decode("latin-1")
+                    raise Refused(Rejection(400, f"conflicting values of {field}"))
+                continue
             elif key[0] == "H":
                 text = environ[key] + "," + text
-            # CONTENT_LENGTH/CONTENT_TYPE repeated: h11 already rejected conflicting lengths.
+            # CONTENT_LENGTH repeated: h11 already rejected conflicting lengths.
         environ[key] = text
     if end != -1:
         # RFC 9112 3.2.2: with an absolute-form target the server MUST ignore Host and use the
-        # target's authority, so apps that route or validate by HTTP_HOST see the same host.
-        authority = target[target.find(b"//") + 2 : end]
-        environ["HTTP_HOST"] = authority.rpartition(b"@")[2].decode("latin-1")
+        # target's authority (valid and without userinfo: check_target), so apps that route or
+        # validate by HTTP_HOST see the same host.
+        environ["HTTP_HOST"] = target[target.find(b"//") + 2 : end].decode("latin-1")
     return environ

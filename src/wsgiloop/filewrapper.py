@@ -68,6 +68,7 @@ def sendfile_all(
     count: int,
     gone: Callable[[], bool],
     stall_timeout: float = 0.0,
+    on_sent: Callable[[int], None] | None = None,
 ) -> int:
     """Send ``count`` bytes with ``os.sendfile`` on a non-blocking socket; return bytes sent.
 
@@ -78,7 +79,8 @@ def sendfile_all(
 
     While this thread holds the socket the loop writes nothing, so it cannot see a client that
     stopped reading: ``stall_timeout`` (``--write-timeout``; 0: none) is enforced here, and a
-    client that takes no byte for that long is dropped with ``TimeoutError``.
+    client that takes no byte for that long is dropped with ``TimeoutError``. ``on_sent`` is
+    told each count the kernel took, so a caller knows what went out even when this raises.
     """
     sent = 0
     poller = select.poll()
@@ -95,6 +97,8 @@ def sendfile_all(
             break
         if n > 0:
             sent += n
+            if on_sent is not None:
+                on_sent(n)
             last_progress = time.monotonic()
             continue
         while not poller.poll(1000 if not stall_timeout else min(1000, stall_timeout * 1000)):

@@ -29,28 +29,106 @@ def configure(
     access: bool = True,
     log_config: str | None = None,
     access_json: bool = False,
+    *,
+    access_file: str | None = None,
+    error_file: str | None = None,
+    log_config_dict: dict[str, Any] | None = None,
+    capture_output: bool = False,
 ) -> None:
-    """Set up both loggers: from ``--log-config`` (a dictConfig in JSON or TOML) if given,
-    else stderr handlers unless the embedding program already configured the loggers."""
-    global _json
+    """Set up both loggers.
+
+    From ``--log-config`` (a dictConfig in JSON or TOML, or a ``fileConfig`` .ini as gunicorn
+    takes) or a config file's ``logconfig_dict`` if given; else the error log goes to
+    ``error_file`` (``-`` or None: stderr) and access lines to ``access_file`` (None: stderr,
+    ``-``: stdout, as gunicorn's ``--access-logfile -``). Files are appended to and reopened on
+    SIGUSR1 (``reopen_files``), as logrotate's ``postrotate`` expects. Without any of these, the
+    loggers an embedding program already configured are left alone.
+    """
+    global _json, _captured
     _json = access_json
-    if log_config:
-        logging.config.dictConfig(_load_dict_config(log_config))
+    if log_config_dict is not None or log_config:
+        if log_config_dict is not None:
+            logging.config.dictConfig(_with_dict_defaults(dict(log_config_dict)))
+        elif log_config is not None and log_config.endswith((".ini", ".conf", ".cfg")):
+            logging.config.fileConfig(log_config, disable_existing_loggers=False)
+        elif log_config is not None:
+            logging.config.dictConfig(_load_dict_config(log_config))
         if not access:
             access_log.setLevel(logging.CRITICAL + 1)
         return
     numeric = getattr(logging, level.upper())
-    for logger in (error_log, access_log):
-        if not logger.handlers:
+    targets = {error_log: error_file, access_log: access_file}
+    for logger, target in targets.items():
+        if target is None and logger.handlers:
+            continue  # configured by the embedding program (or a previous call): leave it
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+            old.close()
+        handler: logging.Handler
+        if target is None or (target == "-" and logger is error_log):
             handler = logging.StreamHandler(sys.stderr)
-            fmt = ERROR_FORMAT if logger is error_log else "%(message)s"
-            handler.setFormatter(logging.Formatter(fmt, ERROR_DATEFMT))
-            logger.addHandler(handler)
+        elif target == "-":
+            handler = logging.StreamHandler(sys.stdout)
+        else:
+            try:
+                handler = _ReopenableFileHandler(target)
+            except OSError as exc:
+                flag = "--error-log-file" if logger is error_log else "--access-log-file"
+                raise OSError(exc.errno, f"{flag} {target}: {exc.strerror}") from None
+        fmt = ERROR_FORMAT if logger is error_log else "%(message)s"
+        handler.setFormatter(logging.Formatter(fmt, ERROR_DATEFMT))
+        logger.addHandler(handler)
         logger.propagate = False
     error_log.setLevel(numeric)
     # The access log is INFO-level by nature: --log-level warning does not silence it, only
     # --no-access-log does (as in gunicorn, where the access log is its own switch).
     access_log.setLevel(logging.INFO if access else logging.CRITICAL + 1)
+    _captured = None
+    if capture_output:
+        for handler in error_log.handlers:
+            if isinstance(handler, _ReopenableFileHandler):
+                _captured = handler
+                _capture(handler)
+
+
+class _ReopenableFileHandler(logging.FileHandler):
+    """A log file that SIGUSR1 reopens (after logrotate moved it), with no per-line ``stat``
+    (the stdlib's ``WatchedFileHandler`` makes one for every line: one per request here)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, mode="a", encoding="utf-8", delay=False)
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            old = self.stream
+            self.stream = self._open()
+            if old is not None:
+                old.close()
+        finally:
+            self.release()
+
+
+_captured: _ReopenableFileHandler | None = None
+
+
+def _capture(handler: _ReopenableFileHandler) -> None:
+    """``--capture-output``: the app's stdout and stderr (fds 1 and 2) write to the error log."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = handler.stream.fileno()  # type: ignore[union-attr]  # open: delay=False
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+
+
+def reopen_files() -> None:
+    """SIGUSR1: reopen every log file this module opened (and re-point captured output)."""
+    for logger in (error_log, access_log):
+        for handler in logger.handlers:
+            if isinstance(handler, _ReopenableFileHandler):
+                handler.reopen()
+    if _captured is not None:
+        _capture(_captured)
 
 
 def _load_dict_config(path: str) -> dict[str, Any]:
@@ -62,6 +140,10 @@ def _load_dict_config(path: str) -> dict[str, Any]:
     else:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
+    return _with_dict_defaults(data)
+
+
+def _with_dict_defaults(data: dict[str, Any]) -> dict[str, Any]:
     data.setdefault("version", 1)
     data.setdefault("disable_existing_loggers", False)
     return data

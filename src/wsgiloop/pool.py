@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -25,15 +26,23 @@ Job = tuple[Callable[[Any], None], Any]
 class ThreadPool:
     """``size`` threads; ``submit``/``done`` are called on the event loop only."""
 
-    __slots__ = ("_busy", "_jobs", "_name", "_size", "_threads", "_waiting")
+    __slots__ = ("_busy", "_jobs", "_name", "_size", "_threads", "_waited", "_waiting")
 
-    def __init__(self, size: int, name: str = "wsgiloop") -> None:
+    def __init__(
+        self,
+        size: int,
+        name: str = "wsgiloop",
+        waited: Callable[[float], None] | None = None,
+    ) -> None:
         self._size = size
         self._name = name
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._busy = 0
-        self._waiting: deque[Job] = deque()
+        # Jobs waiting for a thread, each with when it began to wait (0.0 unless measured).
+        self._waiting: deque[tuple[Callable[[Any], None], Any, float]] = deque()
+        #: Told how long each job waited for a thread (the metrics' saturation signal).
+        self._waited = waited
 
     @property
     def size(self) -> int:
@@ -56,13 +65,18 @@ class ThreadPool:
             if len(self._threads) < self._busy:
                 self._start_thread()
             self._jobs.put((fn, arg))
+            if self._waited is not None:
+                self._waited(0.0)
         else:
-            self._waiting.append((fn, arg))
+            self._waiting.append((fn, arg, 0.0 if self._waited is None else time.monotonic()))
 
     def done(self) -> None:
         """A job finished its response: its thread may take the next waiting job."""
         if self._waiting:
-            self._jobs.put(self._waiting.popleft())
+            fn, arg, since = self._waiting.popleft()
+            self._jobs.put((fn, arg))
+            if self._waited is not None:
+                self._waited(time.monotonic() - since)
         else:
             self._busy -= 1
 

@@ -2,13 +2,10 @@
 
 ``HttpProtocol`` moves bytes and events and nothing else: request → environ lives in ``environ``,
 start_response and framing decisions in ``response``/``wsgi``, the backpressure mechanics in
-``bridge``. Everything here runs on the event loop thread.
-
-Life of a connection::
-
-    idle ──bytes──▶ reading head ──Request──▶ exchange on a pool thread ──end──▶ idle
-      ▲  (keep-alive timeout)   (header timeout)   (body fed with backpressure)      │
-      └──────────── next request: a fresh h11 parser (or discard unread body) ◀──────┘
+``bridge``, and where the connection is in its life (its phase, the moves between phases, the
+deadline of each, the facts of the request in flight) in ``lifecycle``, whose docstring draws
+the picture. Everything here runs on the event loop thread, except ``socket_fd`` and
+``release``, the two things an app thread may ask of its connection (``wsgi.Channel``).
 
 h11 parses the requests; the responses it never sees (``response`` writes them). Pipelined
 requests stay in h11's buffer (reading pauses) until the response before them ends, then move
@@ -18,6 +15,7 @@ to the next parser with ``trailing_data``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -25,14 +23,42 @@ import h11
 
 from .bridge import EMPTY_INPUT, EmptyInput, InputStream, RequestBody, ResponseStream
 from .environ import request_environ
+from .lifecycle import (
+    CLOSED,
+    DISCARDING,
+    EXCHANGE,
+    HEAD,
+    IDLE,
+    LINGER,
+    LINGERING,
+    NEW,
+    PROXY,
+    Cycle,
+    Phase,
+    check_move,
+    exchange_deadline,
+)
 from .logs import error_log
+from .metrics import TIMEOUT_APP, TIMEOUT_BODY, TIMEOUT_WRITE
 from .proxy import apply_proxy_headers
+from .proxy_protocol import NEED_MORE, ProxyHeaderError, starts_like_proxy
+from .proxy_protocol import parse as parse_proxy_header
 from .response import END_CLOSE, END_KEEP_ALIVE, END_KEEP_ALIVE_10, UNTIL_CLOSE, error_head
-from .strict import ChunkedValidator, check_fields, check_head, error_status, head_end
-from .wsgi import Exchange
+from .strict import (
+    ChunkedValidator,
+    Refused,
+    check_fields,
+    check_head,
+    error_status,
+    head_end,
+    skip_empty_lines,
+)
+from .wsgi import Exchange, WSGIApp
 
 if TYPE_CHECKING:
-    from .server import ServerState
+    from .config import Config
+    from .hooks import RequestHooks
+    from .state import ServerState
 
 _Connection = h11.Connection
 _SERVER = h11.SERVER
@@ -43,51 +69,32 @@ _NEED_DATA = h11.NEED_DATA
 _PAUSED = h11.PAUSED
 _DONE = h11.DONE
 _SEND_BODY = h11.SEND_BODY
-_IDLE = h11.IDLE
 _MUST_CLOSE = h11.MUST_CLOSE
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_PEER = ("", "")  # a Unix socket: the proxy in front knows the client (see proxy)
-
-#: Seconds a closing connection keeps reading (and dropping) what the client still sends, so the
-#: close does not turn into a reset that destroys the answer before the client has read it.
-LINGER = 2.0
 
 
 class HttpProtocol(asyncio.Protocol):
     """One HTTP/1.1 connection."""
 
     __slots__ = (
-        "app_deadline",
-        "awaiting_continue",
         "base_environ",
-        "bodiless",
+        "blank",
         "body",
-        "body_seen",
         "conn",
-        "continue_sent",
+        "cycle",
         "deadline",
-        "delimited",
-        "discarded",
-        "discarding",
         "draining",
         "exchange",
-        "fresh",
         "head",
-        "head_request",
-        "http11",
-        "idle",
-        "keep_alive",
-        "length_left",
-        "lingering",
         "loop",
         "peer",
+        "phase",
         "reading",
-        "responded",
         "state",
         "stream",
         "transport",
-        "validator",
         "write_paused",
     )
 
@@ -95,41 +102,31 @@ class HttpProtocol(asyncio.Protocol):
         self.state = state
         self.loop = state.loop
         self.transport: asyncio.Transport | None = None
+        self.phase: Phase = NEW  # changed only by _enter
+        self.deadline = 0.0  # loop.time() after which the phase has timed out; 0: none
+        # The request in flight (or the last one, until the next head is parsed), and its app
+        # thread's side while a pool job for it is outstanding (it outlives EXCHANGE when the
+        # connection closes under a running app).
+        self.cycle: Cycle | None = None
         self.exchange: Exchange | None = None
-        self.deadline = 0.0  # loop.time() after which the connection is timed out; 0: none
-        self.idle = True  # no byte of a next request yet
-        self.fresh = True  # no request yet on this connection
-        self.reading = True
-        # The request in flight: its HTTP version, whether the connection may stay open after it
-        # (the client's wish, then the response's: see _flush), whether the response head went
-        # out, whether a 100 Continue did.
-        self.http11 = True
-        self.head_request = False  # a HEAD: no response to it has a body, errors included
-        # Neither Content-Length nor Transfer-Encoding: no body (RFC 9112 6.3), and h11's
-        # EndOfMessage for it is left unasked for (see _on_request).
-        self.bodiless = False
-        # A Content-Length body is delimited here rather than by h11 (see _body_bytes): whether
-        # this request's is, how many of its bytes are still to come, and whether the client
-        # still holds it back for a 100 Continue (h11 no longer sees the body to tell).
-        self.delimited = False
-        self.length_left = 0
-        self.awaiting_continue = False
-        self.keep_alive = True
-        self.responded = False
-        self.continue_sent = False
-        self.discarding = False  # response done, dropping the unread rest of the body
-        self.discarded = 0
-        self.draining = False  # waiting for the write buffer to empty before a sendfile
-        self.lingering = False  # answered and half-closed, dropping input until EOF (_linger)
-        # Strict framing (see strict): the raw bytes of the head being read, and the shadow
-        # validator of a chunked body, fed the same bytes h11 gets.
+        # The raw bytes of the head being read (strict framing checks them, see strict).
         self.head: bytes | bytearray = b""
-        self.validator: ChunkedValidator | None = None
-        # Timeouts of a request in flight (see _arm): when the app must have answered, when body
-        # bytes last arrived, since when the client has not been reading (0: not paused).
-        self.app_deadline = 0.0
-        self.body_seen = 0.0
+        self.blank = 0  # bytes of empty lines skipped before this request-line (strict)
+        # Flow control, orthogonal to the phase: whether the transport reads, since when the
+        # transport has paused the app's writes (0: not paused), and whether we wait for the
+        # write buffer to empty before a sendfile.
+        self.reading = True
         self.write_paused = 0.0
+        self.draining = False
+
+    # -- the phase: every move goes through here ------------------------------------------------
+
+    def _enter(self, phase: Phase) -> None:
+        """Move to ``phase`` (checked against ``lifecycle.NEXT``) and set its deadline."""
+        check_move(self.phase, phase)
+        self.phase = phase
+        seconds = self.state.timeouts[phase]
+        self.deadline = 0.0 if seconds is None else self.loop.time() + seconds
 
     # -- connection lifetime -----------------------------------------------------------------
 
@@ -138,6 +135,8 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         config = state.config
         state.connections.add(self)
+        if state.metrics is not None:
+            state.metrics.accepted()
         self.conn = self._new_parser()
         self.transport.set_write_buffer_limits(  # type: ignore[union-attr]
             config.write_buffer_high, config.write_buffer_low
@@ -148,19 +147,24 @@ class HttpProtocol(asyncio.Protocol):
         # same local address; only the client's address is this connection's own.
         self.base_environ = state.base_environ(sock[:2] if isinstance(sock, tuple) else None)
         self.peer = (peer[0], str(peer[1])) if isinstance(peer, tuple) else _NO_PEER
+        if state.proxy_protocol is not None and state.proxy_protocol.is_trusted(self.peer[0]):
+            self.phase = PROXY  # a balancer's connection: its PROXY header comes first
         self.stream = ResponseStream(self.loop, self._flush, config.write_buffer_high)
         self.body = RequestBody(
             self.loop, config.body_buffer, self._resume_body, self._send_continue
         )
-        self.deadline = self.loop.time() + config.header_timeout
+        self.deadline = self.loop.time() + config.header_timeout  # NEW's deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state.connections.discard(self)
+        state = self.state
+        state.connections.discard(self)
+        if state.metrics is not None and self.phase is EXCHANGE:
+            state.metrics.client_disconnected()  # we close in other phases, or went first
+        self._enter(CLOSED)
         # Wake a blocked app thread: its next write or read raises ClientDisconnected, so the
         # app's iterable is closed and its pool thread freed.
         self.stream.close()
         self.body.close()
-        self.deadline = 0.0
         # Their callbacks are bound methods of this protocol: without them, reference counting
         # frees a closed connection at once instead of leaving cycles to the cyclic GC.
         self.stream.on_ready = self.body.request_more = self.body.on_first_read = _nothing
@@ -179,63 +183,147 @@ class HttpProtocol(asyncio.Protocol):
             self.write_paused = 0.0
             self._arm()
 
+    # -- what an app thread may ask (wsgi.Channel) -------------------------------------------
+
     @property
+    def app(self) -> WSGIApp:
+        return self.state.app
+
+    @property
+    def config(self) -> Config:
+        return self.state.config
+
+    @property
+    def request_hooks(self) -> RequestHooks | None:
+        return self.state.request_hooks
+
     def socket_fd(self) -> int | None:
-        """The raw socket for ``os.sendfile``, or None where the transport must do the writing."""
+        """The raw socket for ``os.sendfile``, or None where the transport must do the writing.
+
+        Runs on an app thread."""
         transport = self.transport
         if transport is None or transport.get_extra_info("sslcontext") is not None:
             return None
         sock = transport.get_extra_info("socket")
         return sock.fileno() if sock is not None else None
 
+    def release(self, exchange: Exchange) -> None:
+        """The app thread ended without handing an end to the stream (it was closed): have the
+        loop free its pool slot. Runs on an app thread."""
+        self.loop.call_soon_threadsafe(self._released, exchange)
+
+    def _released(self, exchange: Exchange) -> None:
+        self.state.job_done(exchange.timed_out)
+        if self.state.metrics is not None:
+            self.state.metrics.exchange_ended(exchange, False)
+        if self.exchange is exchange:
+            self.exchange = None
+
     # -- reading -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering:
-            return  # read only so that the close is no reset (see _linger)
-        if self.delimited:
-            self._body_bytes(data)
-            return
-        if self.idle:
-            self.idle = False
-            self.deadline = self.loop.time() + self.state.config.header_timeout
-        conn = self.conn
-        if conn.their_state is _IDLE:
-            head = self.head
-            if not head:
-                self.head = data  # the usual case: the whole head in one read, no copy
-            elif type(head) is bytearray:
-                head += data  # a head dribbling in: amortised appends, not quadratic copies
-            else:
-                self.head = bytearray(head) + data
-        else:
-            validator = self.validator
+        metrics = self.state.metrics
+        if metrics is not None:
+            metrics.received(len(data))
+        phase = self.phase
+        if phase is HEAD:
+            pass
+        elif phase is NEW or phase is IDLE:
+            if phase is NEW and self.state.proxy_protocol is not None and starts_like_proxy(data):
+                error_log.warning("PROXY header from %s, which is not in --proxy-allow-from: "
+                                  "refused", _peer(self))
+                self._close()
+                return
+            self._enter(HEAD)
+        elif phase is EXCHANGE or phase is DISCARDING:
+            # Body bytes (or a pipelined request behind them): no head is being read.
+            cycle = self.cycle
+            assert cycle is not None
+            if cycle.delimited:
+                self._body_bytes(data)
+                return
+            validator = cycle.validator
             if validator is not None and not validator.done:
                 reason = validator.feed(data)
                 if reason is not None:
                     self._client_error(400, reason)
                     return
-        conn.receive_data(data)
+            self.conn.receive_data(data)
+            self._pump()
+            return
+        else:
+            if phase is PROXY:
+                self._proxy_bytes(data)
+            return  # LINGERING: read only so that the close is no reset; CLOSED: too late
+        head = self.head
+        if not head:
+            if data[0] == 13 or self.blank:  # empty lines before a request-line (RFC 9112 2.2)
+                data, self.blank = skip_empty_lines(data, self.blank)
+                if not data:
+                    return
+            self.head = data  # the usual case: the whole head in one read, no copy
+        elif type(head) is bytearray:
+            head += data  # a head dribbling in: amortised appends, not quadratic copies
+        else:
+            self.head = bytearray(head) + data
+        self.conn.receive_data(data)
         self._pump()
 
+    def _proxy_bytes(self, data: bytes) -> None:
+        """Bytes from a trusted balancer before its PROXY header is complete (``PROXY``)."""
+        buffered = self.head + data if self.head else data
+        try:
+            verdict = parse_proxy_header(buffered)
+        except ProxyHeaderError as exc:
+            error_log.warning("Bad PROXY header from %s: %s", _peer(self), exc)
+            self._close()
+            return
+        if verdict is NEED_MORE:
+            self.head = buffered
+            return
+        self.head = b""
+        self._enter(NEW)
+        rest = buffered
+        if not isinstance(verdict, tuple):  # NOT_PROXY: plain HTTP (the header is optional)
+            pass
+        else:
+            header, size = verdict
+            rest = buffered[size:]
+            if header.client is not None:
+                self.peer = (header.client[0], str(header.client[1]))
+            if header.tls:
+                assert self.transport is not None
+                sock = self.transport.get_extra_info("sockname")
+                self.base_environ = self.state.base_environ(
+                    sock[:2] if isinstance(sock, tuple) else None, "https"
+                )
+        if rest:
+            self.data_received(bytes(rest))
+
     def eof_received(self) -> bool:
-        if self.lingering:
+        phase = self.phase
+        if phase is LINGERING or phase is CLOSED:
             return False  # the client read our answer and is done: close
-        if self.delimited and self.length_left:
+        cycle = self.cycle
+        if (
+            (phase is EXCHANGE or phase is DISCARDING)
+            and cycle is not None
+            and cycle.delimited
+            and cycle.length_left
+        ):
             self._client_error(400, "peer closed the connection before the end of the body")
             return False
         self.conn.receive_data(b"")  # delimited: only noted, for the next parser's turn
         self._pump()
         # Keep the write side open while a response is still to be sent (half-close).
-        return self.exchange is not None and not self.discarding
+        return self.phase is EXCHANGE
 
     def _pause_reading(self) -> None:
         if self.reading:
             self.reading = False
             assert self.transport is not None
             self.transport.pause_reading()
-            if self.exchange is not None:
-                self._arm()  # a stalled body is now the app's doing, not the client's
+            self._arm()  # a stalled body is now the app's doing, not the client's
 
     def _resume_reading(self) -> None:
         if not self.reading:
@@ -243,18 +331,20 @@ class HttpProtocol(asyncio.Protocol):
             assert self.transport is not None
             if not self.transport.is_closing():
                 self.transport.resume_reading()
-            if self.exchange is not None and not self.lingering:
-                self.body_seen = self.loop.time()
+            if self.phase is EXCHANGE:
+                self.cycle.body_seen = self.loop.time()  # type: ignore[union-attr]
                 self._arm()
 
     def _pump(self) -> None:
         """Pull events from h11 until it needs data or the app must catch up."""
-        if self.delimited:
+        cycle = self.cycle
+        if cycle is not None and cycle.delimited:
             return  # h11 holds the next request (if any) until this exchange ends
         conn = self.conn
         body = self.body
         while True:
-            if self.exchange is not None and not self.discarding and not body.wants_data():
+            phase = self.phase
+            if phase is EXCHANGE and not body.wants_data():
                 self._pause_reading()  # request-body backpressure: the app reads too slowly
                 return
             if conn.their_state is _MUST_CLOSE:
@@ -271,24 +361,27 @@ class HttpProtocol(asyncio.Protocol):
             kind = type(event)
             if kind is _Data:
                 data = event.data  # type: ignore[union-attr]
-                if self.discarding:
-                    self.discarded += len(data)
-                    if self.discarded > self.state.config.max_discard:
+                cycle = self.cycle
+                assert cycle is not None
+                if phase is DISCARDING:
+                    cycle.discarded += len(data)
+                    if cycle.discarded > self.state.config.max_discard:
                         self._linger()
                         return
                 else:
                     body.feed(data)
-                    self.body_seen = self.loop.time()
+                    cycle.body_seen = self.loop.time()
                     self._arm()
             elif kind is _Request:
                 self._on_request(event)  # type: ignore[arg-type]
-                if self.exchange is None or self.bodiless or self.delimited:
+                cycle = self.cycle
+                if self.phase is not EXCHANGE or cycle.bodiless or cycle.delimited:  # type: ignore[union-attr]
                     # Answered on the loop (an error: the connection is closing); or nothing
                     # more to read for this request: next_event would say EndOfMessage, then
                     # NEED_DATA, unless the client pipelined; or its body is delimited here.
                     return
             elif kind is _EndOfMessage:
-                if self.discarding:
+                if phase is DISCARDING:
                     self._start_next_cycle()
                     return
                 body.feed_eof()
@@ -303,7 +396,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._pause_reading()
                 return
             elif kind is h11.ConnectionClosed:
-                if self.exchange is None:
+                if phase is not EXCHANGE:
                     self._close()
                 return
 
@@ -311,9 +404,8 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         config = state.config
         conn = self.conn
-        self.deadline = 0.0
-        self.fresh = False
-        self.head_request = request.method == b"HEAD"
+        self.cycle = cycle = Cycle(request.method == b"HEAD")
+        self.blank = 0
         if request.http_version not in (b"1.1", b"1.0"):
             self._client_error(505, "unsupported HTTP version")
             return
@@ -342,13 +434,15 @@ class HttpProtocol(asyncio.Protocol):
         if te:
             # h11 frames the body as chunked: check each chunk line the way RFC 9112 wants,
             # starting with the body bytes that came in the same read as the head.
-            self.validator = validator = ChunkedValidator()
+            cycle.validator = validator = ChunkedValidator()
             reason = validator.feed(head, head_end(head))
             if reason is not None:
                 self._client_error(400, reason)
                 return
-        else:
-            self.validator = None
+        field_limit = config.limit_request_field_size
+        if field_limit and any(len(name) + len(value) > field_limit for name, value in fields):
+            self._client_error(431, "header field too large")
+            return
         if size > config.max_header_bytes:
             # h11 enforces its limit only on a head still incomplete; one that arrived whole in
             # a single read (up to 256 KiB on loopback) gets here unchecked.
@@ -359,51 +453,61 @@ class HttpProtocol(asyncio.Protocol):
             return
         # While stopping, a request that still arrives (on a connection accepted just before the
         # listener closed: with pre-fork workers sharing it, that happens on every reload) is
-        # served with "Connection: close" (see wsgi), not refused: the client did nothing wrong.
+        # served with "Connection: close" (see _flush), not refused: the client did nothing wrong.
         # h11 parses requests only (see response): keep-alive is decided here and in _flush.
-        self.http11 = http11 = request.http_version == b"1.1"
+        cycle.http11 = http11 = request.http_version == b"1.1"
         if connection is None:
-            self.keep_alive = http11
+            cycle.keep_alive = http11
         else:
             tokens = {token.strip() for token in connection.lower().split(b",")}
             # RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only on "keep-alive"
             # (appendix C.2.2), and the response must then carry a length (see _flush).
-            self.keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
+            cycle.keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
         # Without a body there is nothing more to read for this request; h11's EndOfMessage for it
         # comes only if later bytes make _pump ask (the next request pipelined behind it).
-        self.bodiless = bodiless = not te and not cl
+        cycle.bodiless = bodiless = not te and not cl
+        if bodiless and state.health_target is not None and _is_health(request, state):
+            self._answer_health()
+            return
         if bodiless:
             wsgi_input: InputStream | EmptyInput = EMPTY_INPUT  # self.body is left as it is
         else:
-            self.awaiting_continue = conn.they_are_waiting_for_100_continue
-            self.body.reset(True, self.awaiting_continue, config.max_body_size)
+            cycle.awaiting_continue = conn.they_are_waiting_for_100_continue
+            self.body.reset(True, cycle.awaiting_continue, config.max_body_size)
             wsgi_input = InputStream(self.body)
-        environ = request_environ(
-            self.base_environ, request, wsgi_input, config.root_path, fields, self.peer
-        )
+        try:
+            environ = request_environ(
+                self.base_environ, request, wsgi_input, config.root_path, fields, self.peer
+            )
+        except Refused as refused:  # the target's form or authority, a conflicting singleton
+            self._client_error(*refused.rejection)
+            return
         length = environ.get("CONTENT_LENGTH")
         if length is not None and int(length) > config.max_body_size:
             self._client_error(413, "request body too large")
             return
         if state.proxy_trust is not None:
             apply_proxy_headers(environ, state.proxy_trust)
-        self.exchange = Exchange(
-            self, environ, state.default_headers, self.head_request, http11
+        self._enter(EXCHANGE)
+        self.exchange = exchange = Exchange(
+            self, environ, state.default_headers, cycle.head_request, http11
         )
+        now = self.loop.time()
+        cycle.app_deadline = now + config.timeout if config.timeout else 0.0
+        cycle.body_seen = now
         if cl and not te:
             size = int(length)  # type: ignore[arg-type]  # h11 validated it
             if size:
                 self._delimit(size)
-        state.pool.submit(Exchange.run, self.exchange)
-        now = self.loop.time()
-        self.app_deadline = now + config.timeout if config.timeout else 0.0
-        self.body_seen = now
+        state.pool.submit(Exchange.run, exchange)
         self._arm()
 
     def _awaiting_continue(self) -> bool:
         """Whether the client holds its body back until a 100 Continue."""
-        if self.delimited:
-            return self.awaiting_continue
+        cycle = self.cycle
+        assert cycle is not None
+        if cycle.delimited:
+            return cycle.awaiting_continue
         return self.conn.they_are_waiting_for_100_continue
 
     def _delimit(self, length: int) -> None:
@@ -415,10 +519,12 @@ class HttpProtocol(asyncio.Protocol):
         brought the head) are taken from ``trailing_data``, and a fresh parser gets whatever
         follows the body, to parse once this exchange ends.
         """
+        cycle = self.cycle
+        assert cycle is not None
         buffered, closed = self.conn.trailing_data
         self.conn = self._new_parser()
-        self.delimited = True
-        self.length_left = length
+        cycle.delimited = True
+        cycle.length_left = length
         if buffered:
             self._body_bytes(buffered)
         if closed:
@@ -426,45 +532,54 @@ class HttpProtocol(asyncio.Protocol):
 
     def _body_bytes(self, data: bytes) -> None:
         """Bytes read while a delimited body is in flight: the body's, then the next request's."""
-        left = self.length_left
+        cycle = self.cycle
+        assert cycle is not None
+        left = cycle.length_left
         if len(data) > left:
             # The next request, pipelined: parsed once this exchange ends. Reading pauses, so
             # at most this one read waits here.
-            self.conn.receive_data(data[left:])
+            rest = data[left:]
+            if (rest[0] == 13 or self.blank) and not self.conn.trailing_data[0]:
+                rest, self.blank = skip_empty_lines(rest, self.blank)  # RFC 9112 2.2
+            if rest:  # (receive_data(b"") would mean EOF)
+                self.conn.receive_data(rest)
             self._pause_reading()
             data = data[:left]
             if not data:
                 return
-        self.length_left = left = left - len(data)
-        if self.awaiting_continue:
-            self.awaiting_continue = False  # it sent the body anyway
-        if self.discarding:
-            self.discarded += len(data)
+        cycle.length_left = left = left - len(data)
+        if cycle.awaiting_continue:
+            cycle.awaiting_continue = False  # it sent the body anyway
+        if self.phase is DISCARDING:
+            cycle.discarded += len(data)
             if not left:
                 self._start_next_cycle()
-            elif self.discarded > self.state.config.max_discard:
+            elif cycle.discarded > self.state.config.max_discard:
                 self._linger()
             return
         body = self.body
         body.feed(data)
         if not left:
             body.feed_eof()
-        self.body_seen = self.loop.time()
+        cycle.body_seen = self.loop.time()
         self._arm()
         if left and not body.wants_data():
             self._pause_reading()  # request-body backpressure: the app reads too slowly
 
     def _resume_body(self) -> None:
         """The app drained the body buffer (called from its thread via the loop)."""
-        if self.exchange is not None and not self.discarding:
+        if self.phase is EXCHANGE:
             self._resume_reading()
             self._pump()
 
     def _send_continue(self) -> None:
         """The app started reading a body the client holds back for ``100 Continue``."""
-        if self._awaiting_continue() and not self.responded and not self.continue_sent:
-            assert self.transport is not None
-            self.continue_sent = True
+        if self.phase is not EXCHANGE:
+            return
+        cycle = self.cycle
+        assert cycle is not None and self.transport is not None
+        if not cycle.responded and not cycle.continue_sent and self._awaiting_continue():
+            cycle.continue_sent = True
             self.transport.write(_CONTINUE)
 
     # -- writing -----------------------------------------------------------------------------
@@ -474,36 +589,38 @@ class HttpProtocol(asyncio.Protocol):
         head, chunks, handoff, end, abort = self.stream.take()
         transport = self.transport
         assert transport is not None
-        if transport.is_closing() or self.exchange is None:
+        if self.phase is not EXCHANGE or transport.is_closing():
             # Gone, or given up on (--timeout): the app's output goes nowhere.
             if end or abort:
                 self._end_exchange()
             return
         if head is not None:
-            self.responded = True
-            if self.app_deadline:
-                self.app_deadline = 0.0  # the app answered in time
+            cycle = self.cycle
+            exchange = self.exchange
+            assert cycle is not None and exchange is not None
+            cycle.responded = True
+            if self.state.metrics is not None:
+                self.state.metrics.head_sent(exchange, head)
+            if cycle.app_deadline:
+                cycle.app_deadline = 0.0  # the app answered in time
                 self._arm()
-            if (
-                head.close
-                or not self.keep_alive
-                or self.state.stopping
-                or (head.framing is UNTIL_CLOSE and not self.exchange.head_only)
-                # A final answer without a 100: the client may never send the body it holds
-                # back, so where a next request would start is unknown (RFC 9110 10.1.1).
-                or (not self.continue_sent and not self.bodiless and self._awaiting_continue())
+            if cycle.keeps_alive(
+                head,
+                head.framing is UNTIL_CLOSE and not exchange.head_only,
+                self.state.stopping,
+                not cycle.bodiless and self._awaiting_continue(),
             ):
-                self.keep_alive = False
-                end_of_head = END_CLOSE
+                end_of_head = END_KEEP_ALIVE if cycle.http11 else END_KEEP_ALIVE_10
             else:
-                end_of_head = END_KEEP_ALIVE if self.http11 else END_KEEP_ALIVE_10
+                cycle.keep_alive = False
+                end_of_head = END_CLOSE
             transport.writelines([head.data, end_of_head, *chunks])
         elif chunks:
             transport.writelines(chunks)
         if handoff:
             self._drain_then_grant()
         if abort:
-            transport.abort()
+            self._abort()
         if end or abort:
             self._end_exchange()
 
@@ -526,36 +643,37 @@ class HttpProtocol(asyncio.Protocol):
 
     def _end_exchange(self) -> None:
         """The response is complete (or aborted): free the pool slot, go on or close."""
-        state = self.state
         exchange = self.exchange
-        state.job_done(exchange is not None and exchange.timed_out)
+        self.exchange = None
+        self.state.job_done(exchange is not None and exchange.timed_out)
         transport = self.transport
         assert transport is not None
-        conn = self.conn
-        if transport.is_closing() or (exchange is not None and exchange.timed_out):
-            self.exchange = None
-            return
-        theirs = conn.their_state
+        complete = self.phase is EXCHANGE and not transport.is_closing()
+        if self.state.metrics is not None and exchange is not None:
+            self.state.metrics.exchange_ended(exchange, complete)
+        if not complete:
+            return  # closed under the app (gone, timed out, aborted)
+        cycle = self.cycle
+        assert cycle is not None
         # What the response head promised (_flush says close once the server is stopping): a
-        # connection that promised keep-alive stays, idle, until shutdown() ends it safely.
-        keep_alive = self.keep_alive
-        if self.delimited:
-            unread = self.length_left > 0
+        # connection that promised keep-alive stays, IDLE, until shutdown() ends it safely.
+        keep_alive = cycle.keep_alive
+        if cycle.delimited:
+            unread = cycle.length_left > 0
             done = not unread
         else:
-            unread = theirs is _SEND_BODY and not self.bodiless
+            theirs = self.conn.their_state
+            unread = theirs is _SEND_BODY and not cycle.bodiless
             # MUST_CLOSE with keep-alive: an HTTP/1.0 client that asked for it (h11 never keeps
             # 1.0 alive; it parses one request, and a fresh parser takes the next).
-            done = theirs is _DONE or theirs is _MUST_CLOSE or self.bodiless
+            done = theirs is _DONE or theirs is _MUST_CLOSE or cycle.bodiless
         if keep_alive and done:
             self._start_next_cycle()
         elif keep_alive and unread:
             # The app did not read the whole body: drop the rest (bounded) to reach the next
             # request, rather than closing a keep-alive connection over a small leftover.
             self.body.close()
-            self.discarding = True
-            self.discarded = 0
-            self.deadline = self.loop.time() + self.state.config.header_timeout
+            self._enter(DISCARDING)
             self._resume_reading()
             self._pump()
         elif unread or self.state.stopping:
@@ -564,72 +682,83 @@ class HttpProtocol(asyncio.Protocol):
             # turn the close into a reset that destroys this response.
             self._linger()
         else:
-            self.exchange = None
             self._close()
 
     def _start_next_cycle(self) -> None:
-        self.exchange = None
-        self.discarding = False
-        self.responded = self.continue_sent = self.head_request = self.bodiless = False
-        self.awaiting_continue = False
-        self.length_left = 0
         buffered, closed = self.conn.trailing_data
-        if self.delimited:
-            # The parser _delimit made holds what followed the body and has parsed nothing yet:
-            # it takes the next request as it is.
-            self.delimited = False
-        else:
+        cycle = self.cycle
+        assert cycle is not None
+        if not cycle.delimited:
             # A fresh parser per request: h11 never saw the response (see response), so its own
             # next cycle is not available, and a new Connection costs less than one anyway.
+            # (After a delimited body, the parser _delimit made holds what followed the body
+            # and has parsed nothing yet: it takes the next request as it is.)
             self.conn = conn = self._new_parser()
+            if buffered[:1] == b"\r" or self.blank:  # empty lines before it (RFC 9112 2.2)
+                buffered, self.blank = skip_empty_lines(buffered, self.blank)
             if buffered:
                 conn.receive_data(buffered)
             if closed:
                 conn.receive_data(b"")
+        self.cycle = None
         # A pipelined request h11 already holds: its head is checked like any other.
         self.head = buffered
-        self.idle = True
-        self.deadline = self.loop.time() + self.state.config.keepalive_timeout
+        self._enter(HEAD if buffered else IDLE)
         self._resume_reading()
         if buffered or closed:
             self._pump()  # a pipelined request (or the client's EOF) is already in
 
+    def _answer_health(self) -> None:
+        """``--health-path``, answered here and never by the app: 200 while serving, 503 once a
+        graceful stop began (so a load balancer stops sending before connections close)."""
+        state = self.state
+        cycle = self.cycle
+        assert cycle is not None and self.transport is not None
+        self._enter(EXCHANGE)
+        cycle.responded = True
+        if state.stopping:
+            status, body = 503, b"stopping\n"
+        else:
+            status, body = 200, b"ok\n"
+        head = error_head(status, body, state.default_headers)
+        keep_alive = cycle.keep_alive and not state.stopping
+        if keep_alive:
+            end_of_head = END_KEEP_ALIVE if cycle.http11 else END_KEEP_ALIVE_10
+        else:
+            end_of_head = END_CLOSE
+        self.transport.writelines(
+            [head.data, end_of_head] if cycle.head_request else [head.data, end_of_head, body]
+        )
+        if keep_alive:
+            self._start_next_cycle()
+        else:
+            self._close()
+
     def _new_parser(self) -> h11.Connection:
         return _Connection(_SERVER, max_incomplete_event_size=self.state.config.max_header_bytes)
-
-    def job_done_elsewhere(self, exchange: Exchange) -> None:
-        """The app thread ended without handing an end to the stream (it was closed)."""
-        self.state.job_done(exchange.timed_out)
-        if self.exchange is exchange:
-            self.exchange = None
 
     # -- errors, timeouts, shutdown ----------------------------------------------------------
 
     def _arm(self) -> None:
-        """Set ``deadline`` for a request in flight: the earliest of its three timeouts.
-
-        - the app must start its response within ``--timeout`` (``app_deadline``);
-        - the client must not stall the body it is sending for ``--body-timeout`` (counted only
-          while we read: when the app reads slowly and reading is paused, nobody is late);
-        - the client must read some of the response within ``--write-timeout`` once the
-          transport has paused the app (``write_paused``).
-        """
-        config = self.state.config
-        deadline = self.app_deadline or float("inf")
-        if self.reading and not self.bodiless and not self.body.complete and config.body_timeout:
-            deadline = min(deadline, self.body_seen + config.body_timeout)
-        if self.write_paused and config.write_timeout:
-            deadline = min(deadline, self.write_paused + config.write_timeout)
-        self.deadline = 0.0 if deadline == float("inf") else deadline
+        """Set the deadline of an ``EXCHANGE`` (see ``lifecycle.exchange_deadline``)."""
+        if self.phase is EXCHANGE:
+            self.deadline = exchange_deadline(
+                self.cycle,  # type: ignore[arg-type]
+                self.state.config,
+                self.reading,
+                self.body.complete,
+                self.write_paused,
+            )
 
     def _exchange_timeout(self) -> None:
         """One of ``_arm``'s deadlines passed while a request is in flight."""
         exchange = self.exchange
-        assert exchange is not None and self.transport is not None
+        cycle = self.cycle
+        assert exchange is not None and cycle is not None and self.transport is not None
         now = self.loop.time()
         environ = exchange.environ
         what = f"{environ['REQUEST_METHOD']} {environ.get('RAW_URI', '')}"
-        if self.app_deadline and now >= self.app_deadline:
+        if cycle.app_deadline and now >= cycle.app_deadline:
             error_log.error(
                 "Request timed out: the app has not answered %s in %gs; its thread is abandoned",
                 what,
@@ -637,25 +766,29 @@ class HttpProtocol(asyncio.Protocol):
             )
             exchange.timed_out = True
             self.state.hung += 1
+            kind = TIMEOUT_APP
             self._give_up(503)
         elif self.write_paused and now >= self.write_paused + self.state.config.write_timeout:
             error_log.info("Client %s stopped reading the response to %s", _peer(self), what)
-            self.stream.close()
-            self.transport.abort()
+            kind = TIMEOUT_WRITE
+            self._abort()
         else:
             error_log.info("Client %s stalled sending the body of %s", _peer(self), what)
+            kind = TIMEOUT_BODY
             self._give_up(408)
+        if self.state.metrics is not None:
+            self.state.metrics.timed_out(kind)
 
     def _give_up(self, status: int) -> None:
         """Abandon the request in flight: the app's output is dropped (its next write or read
         raises ClientDisconnected); the client gets ``status`` if no response head went out yet,
         else the connection is aborted."""
-        assert self.transport is not None
+        cycle = self.cycle
+        assert cycle is not None
         self.stream.close()
         self.body.close()
-        self.deadline = 0.0
-        if self.responded:
-            self.transport.abort()
+        if cycle.responded:
+            self._abort()
             return
         self._write_error(status)
         self._close()
@@ -665,13 +798,23 @@ class HttpProtocol(asyncio.Protocol):
         assert self.transport is not None
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
         head = error_head(status, body, self.state.default_headers)
-        self.responded = True
-        self.keep_alive = False
-        if self.head_request:
+        cycle = self.cycle
+        head_only = False
+        if cycle is not None:
+            cycle.responded = True
+            cycle.keep_alive = False
+            head_only = cycle.head_request
+        metrics = self.state.metrics
+        if metrics is not None:
+            if self.exchange is not None:  # the server answers for the app (503, 408)
+                metrics.head_sent(self.exchange, head)
+            else:
+                metrics.wrote(len(head.data))
+            metrics.wrote(0 if head_only else len(body))
+        if head_only:
             self.transport.writelines([head.data, END_CLOSE])
         else:
             self.transport.writelines([head.data, END_CLOSE, body])
-
 
     def _client_error(self, status: int, detail: str) -> None:
         """Answer a request we will not pass to the app, then close. No traceback: not our bug."""
@@ -679,13 +822,17 @@ class HttpProtocol(asyncio.Protocol):
         assert transport is not None
         peer = self.peer[0] or "unix socket"
         error_log.debug("Invalid request from %s: %s %s", peer, status, detail)
-        if self.exchange is not None:
-            # Broken body framing while the app runs: the app's work is abandoned (it sees a
-            # disconnect on its next read or write); the client gets the error if no response
-            # head went out yet, else an aborted connection.
+        phase = self.phase
+        if phase is EXCHANGE or phase is DISCARDING:
+            # Broken body framing while the app runs (or after it, while the rest of the body
+            # is dropped): the app's work is abandoned (it sees a disconnect on its next read or
+            # write); the client gets the error if no response head went out yet, else an
+            # aborted connection.
             self._give_up(status)
             return
-        if not self.responded and not transport.is_closing():
+        if self.state.metrics is not None:
+            self.state.metrics.refused(status)  # never passed to the app
+        if not transport.is_closing():
             self._write_error(status)
         self._linger()
 
@@ -704,62 +851,95 @@ class HttpProtocol(asyncio.Protocol):
         if transport.is_closing() or not transport.can_write_eof():  # TLS cannot half-close
             self._close()
             return
-        self.exchange = None  # any response is complete and its pool slot freed
-        self.discarding = False
-        self.lingering = True
+        self._enter(LINGERING)
         transport.write_eof()
-        self.deadline = self.loop.time() + LINGER
         self._resume_reading()
 
     def _close(self) -> None:
-        self.deadline = 0.0
+        self._enter(CLOSED)
         assert self.transport is not None
         self.transport.close()
 
+    def _abort(self) -> None:
+        """Drop the connection at once (a reset): the response cannot be finished."""
+        self.stream.close()
+        self._enter(CLOSED)
+        assert self.transport is not None
+        self.transport.abort()
+
+    def abort(self) -> None:
+        """The server gives up on this connection (graceful timeout, a bug while timing out)."""
+        if self.transport is not None:
+            self._abort()
+
     def on_deadline(self) -> None:
         """Called by the server's ticker once ``deadline`` has passed."""
-        if self.lingering or self.discarding:
-            self._close()  # the client stalls in a body nobody wants, or lingered long enough
-        elif self.exchange is not None:
-            self._exchange_timeout()
-        elif self.idle:
-            # Keep-alive timeout: nothing was asked, nothing to say. While stopping, half-close
-            # and linger: a request that crossed our FIN is then read and dropped (its client
-            # sees EOF, which it may retry on) rather than answered with a reset.
-            if self.state.stopping:
-                self._linger()
-            else:
-                self._close()
-        else:
-            self._client_error(408, "timed out reading the request head")
+        if self.state.metrics is not None:
+            self.state.metrics.deadline_passed(self.phase)
+        _ON_DEADLINE[self.phase](self)
+
+    def _head_timeout(self) -> None:
+        self._client_error(408, "timed out reading the request head")
 
     def shutdown(self) -> None:
         """Graceful stop (the server calls this repeatedly while it drains): end the connection
         without losing a request its client may already have sent.
 
-        - A request in flight (or a body being discarded, a close lingering): nothing to do.
-          Its response says ``Connection: close`` (see _flush) and the connection then closes
-          with a lingering half-close (_end_exchange); one whose head already promised
-          keep-alive becomes idle like any other.
-        - A request head partly received: it is read and answered as usual (header timeout).
-        - Idle after a response: it keeps the rest of its keep-alive time. Its client (nginx's
-          upstream pool, a ``requests.Session``) may send the next request at any moment and
-          learns of a close only by sending into it; closing sooner than the keep-alive timeout
-          would have is exactly the race the advertised timeout exists to avoid (nginx's
-          ``keepalive_timeout`` is set below it, so nginx closes first). A request that arrives
-          meanwhile is answered with ``Connection: close``. The grace is ``--keep-alive`` at
-          most (5 s by default), well inside ``--graceful-timeout``.
-        - Accepted but no request yet: up to ``LINGER`` seconds more. Its request is most
-          likely on the way (it connected before the listener closed), and a client that sends
-          nothing for that long is no request lost.
-
-        When the grace is over the ticker calls ``on_deadline``, which closes idle connections
-        with a lingering half-close while the server stops.
+        - ``EXCHANGE``/``DISCARDING``: nothing to do. The response says ``Connection: close``
+          (see _flush) and the connection then closes with a lingering half-close
+          (_end_exchange); one whose head went out before the stop, promising keep-alive,
+          becomes ``IDLE`` like any other.
+        - ``IDLE``: it keeps the rest of its keep-alive time. Its client (nginx's upstream
+          pool, a ``requests.Session``) may send the next request at any moment and learns of a
+          close only by sending into it; closing sooner than the keep-alive timeout would have
+          is exactly the race the advertised timeout exists to avoid (the shipped nginx site
+          sets ``keepalive_timeout`` below it, so nginx closes first). A request that arrives
+          meanwhile is answered with ``Connection: close``; when the time is over the ticker
+          closes it with a lingering half-close (_idle_timeout). ``--keep-alive`` at most (5 s
+          by default), well inside ``--graceful-timeout``.
+        - ``NEW``/``HEAD``: up to ``LINGER`` seconds more: it was accepted before the listener
+          closed, so its request is most likely on the way or half in, and closing would drop
+          it unanswered.
         """
-        if self.exchange is not None or self.lingering or not self.idle:
+        phase = self.phase
+        if phase is EXCHANGE or phase is DISCARDING or phase is IDLE or phase is CLOSED:
             return
-        if self.fresh:
-            self.deadline = min(self.deadline, self.loop.time() + LINGER)
+        if phase is LINGERING:
+            if self.loop.time() >= self.deadline:
+                self._close()
+            return
+        if phase is NEW or phase is HEAD:
+            now = self.loop.time()
+            self.deadline = min(self.deadline, now + LINGER)
+            if now < self.deadline:
+                return
+        self._close()
+
+    def _idle_timeout(self) -> None:
+        """Keep-alive timeout: nothing was asked, nothing to say. While the server stops, close
+        with a lingering half-close: a request that crossed our FIN is then read and dropped
+        (its client sees EOF, which it may retry on) rather than answered with a reset."""
+        if self.state.stopping:
+            self._linger()
+        else:
+            self._close()
+
+
+def _close_quietly(proto: HttpProtocol) -> None:
+    proto._close()
+
+
+#: What a passed deadline means in each phase (the deadlines themselves: lifecycle).
+_ON_DEADLINE: dict[Phase, Callable[[HttpProtocol], None]] = {
+    PROXY: _close_quietly,  # a balancer that never sent its header
+    NEW: _close_quietly,  # nothing was asked, nothing to say
+    IDLE: HttpProtocol._idle_timeout,
+    HEAD: HttpProtocol._head_timeout,
+    EXCHANGE: HttpProtocol._exchange_timeout,
+    DISCARDING: _close_quietly,  # the client stalls in a body nobody wants
+    LINGERING: _close_quietly,  # lingered long enough
+    CLOSED: lambda proto: None,
+}
 
 
 def _nothing() -> None:
@@ -768,6 +948,18 @@ def _nothing() -> None:
 
 def _peer(proto: HttpProtocol) -> str:
     return proto.peer[0] or "unix socket"
+
+
+def _is_health(request: h11.Request, state: ServerState) -> bool:
+    """Whether ``request`` asks for --health-path (GET or HEAD; any query string)."""
+    target = request.target
+    health = state.health_target
+    assert health is not None
+    return (
+        target.startswith(health)
+        and (len(target) == len(health) or target[len(health)] == 0x3F)  # "?"
+        and request.method in (b"GET", b"HEAD")
+    )
 
 
 def _buffered(conn: h11.Connection) -> bool:

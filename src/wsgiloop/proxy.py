@@ -23,8 +23,17 @@ the *direct* peer is a trusted proxy (``--forwarded-allow-ips``). The rules, and
 * **Scheme, host, port (X-Forwarded-Proto/Host/Port)**: proxies normally overwrite these; if one
   appended a list anyway, the rightmost value (written by the proxy we trust) is used. The scheme
   must be ``http`` or ``https`` (``ws``/``wss`` map to them); anything else is ignored. The host
-  must look like ``host[:port]``. ``HTTP_HOST``, ``SERVER_NAME`` and ``SERVER_PORT`` are kept
+  must pass the grammar the server enforces on the Host field (``strict.valid_host``) and have
+  a name; anything else is ignored. ``HTTP_HOST``, ``SERVER_NAME`` and ``SERVER_PORT`` are kept
   consistent so both of PEP 3333's URL reconstruction paths give the client's URL.
+* **Which port**: an explicit port in the host in effect (X-Forwarded-Host if given, else the
+  request's Host) wins; X-Forwarded-Port only fills in a port that host lacks; else the scheme's
+  default. Reason: the Host the client sent carries the port the client used, while nginx's usual
+  ``X-Forwarded-Port $server_port`` is the port nginx listens on, which differs as soon as a port
+  is mapped (``-p 8080:80``); and nginx's ``$host`` drops the port, which X-Forwarded-Port then
+  restores. So X-Forwarded-Port alone never rewrites a Host that has a port (waitress, too, takes
+  the port of a forwarded host over X-Forwarded-Port). ``HTTP_HOST`` carries the port only when it
+  is not the scheme's default.
 * **Forwarded vs. X-Forwarded-\\***: one family is used per request, never a mix. If any
   ``X-Forwarded-*`` header is present it wins and ``Forwarded`` is ignored; ``Forwarded`` is used
   only when no ``X-Forwarded-*`` header is there. Reason: nginx, the usual proxy, sets
@@ -38,7 +47,16 @@ the *direct* peer is a trusted proxy (``--forwarded-allow-ips``). The rules, and
   systemd socket unit lets only ``www-data``, i.e. nginx, in), which is narrower than the
   loopback address trusted by default. Pass ``trust_unix=False`` to ``ProxyTrust`` to refuse them.
 
-Nothing is ever removed from the environ: apps may still log the raw headers.
+* **Untrusted peers** (with ``--proxy-headers`` on): X-Forwarded-For/Proto/Host/Port and
+  Forwarded are *removed* from the environ, as waitress does by default
+  (``clear_untrusted_proxy_headers``): an app or middleware that reads them itself (Django's
+  ``USE_X_FORWARDED_HOST``, an IP allow-list on ``HTTP_X_FORWARDED_FOR``) cannot tell a forged one
+  from a real one, and the server, told which peers to believe, can. From a trusted peer the
+  headers of the family used stay, so apps may still log the chain; the other family (a
+  ``Forwarded`` beside X-Forwarded-*, which stock nginx passes through from the client) is removed.
+  Without ``--proxy-headers`` the server interprets and removes nothing: the app's own middleware
+  (werkzeug's ``ProxyFix``, say) is then in charge.
+* **REMOTE_HOST** follows ``REMOTE_ADDR`` (see ``environ.connection_environ``).
 """
 
 from __future__ import annotations
@@ -49,16 +67,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import ConfigError
+from .strict import valid_host
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
-# host[:port]: a bracketed IPv6 literal (optionally with a zone) or an RFC 3986 reg-name / IPv4.
-_HOST_RE = re.compile(
-    r"(?P<name>\[[0-9A-Fa-f:.]+(?:%[0-9A-Za-z._~-]+)?\]|[0-9A-Za-z._~!$&'()*+;=%-]+)"
-    r"(?::(?P<port>[0-9]{1,5}))?"
+_X_FORWARDED = (
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_HOST",
+    "HTTP_X_FORWARDED_PORT",
 )
 
 # One piece of a Forwarded header: a separator, or a ``key=value`` pair. Values are quoted
@@ -157,7 +177,8 @@ class ProxyTrust:
 
 
 def apply_proxy_headers(environ: dict[str, Any], trust: ProxyTrust) -> None:
-    """Rewrite ``environ`` in place from the proxy headers, if the direct peer is trusted.
+    """Rewrite ``environ`` in place from the proxy headers if the direct peer is trusted; remove
+    them if it is not.
 
     Call it after the environ is built and before the app sees it. Costs a few dict lookups when
     the request carries no proxy header. See the module docstring for the rules.
@@ -169,12 +190,19 @@ def apply_proxy_headers(environ: dict[str, Any], trust: ProxyTrust) -> None:
         and "HTTP_X_FORWARDED_PORT" not in environ
     ):
         # The common case of a request without proxy headers: five `in` tests and out.
-        if "HTTP_FORWARDED" in environ and trust.is_trusted(environ.get("REMOTE_ADDR")):
-            _apply_forwarded(environ, environ["HTTP_FORWARDED"], trust)
+        if "HTTP_FORWARDED" in environ:
+            if trust.is_trusted(environ.get("REMOTE_ADDR")):
+                _apply_forwarded(environ, environ["HTTP_FORWARDED"], trust)
+            else:
+                del environ["HTTP_FORWARDED"]
         return
     get = environ.get
     if not trust.is_trusted(get("REMOTE_ADDR")):
+        for key in _X_FORWARDED:
+            environ.pop(key, None)
+        environ.pop("HTTP_FORWARDED", None)
         return
+    environ.pop("HTTP_FORWARDED", None)  # one family per request: see the module docstring
     xff = get("HTTP_X_FORWARDED_FOR")
     xproto = get("HTTP_X_FORWARDED_PROTO")
     xhost = get("HTTP_X_FORWARDED_HOST")
@@ -216,7 +244,7 @@ def _apply_forwarded(environ: dict[str, Any], value: str, trust: ProxyTrust) -> 
 def _set_client(environ: dict[str, Any], ip: IPAddress, port: str | None) -> None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    environ["REMOTE_ADDR"] = str(ip)
+    environ["REMOTE_ADDR"] = environ["REMOTE_HOST"] = str(ip)
     environ["REMOTE_PORT"] = port or "0"
 
 
@@ -225,10 +253,10 @@ def _set_location(
 ) -> None:
     """Set scheme, ``HTTP_HOST``, ``SERVER_NAME`` and ``SERVER_PORT`` consistently.
 
-    The port is, in order: the forwarded port, the port in the (forwarded or original) Host, the
-    scheme's default. ``HTTP_HOST`` carries the port only when it is not the scheme's default.
+    The port is, in order: the port in the (forwarded, else original) host, the forwarded port,
+    the scheme's default. ``HTTP_HOST`` carries the port only when it is not the scheme's default.
     """
-    match = _HOST_RE.fullmatch(host.strip()) if host is not None else None
+    match = _valid_host(host.strip()) if host is not None else None
     if scheme is None and match is None and port is None:
         return
     if scheme is not None:
@@ -239,13 +267,26 @@ def _set_location(
     if match is None:
         original = environ.get("HTTP_HOST")
         if original:
-            match = _HOST_RE.fullmatch(original.strip())
+            match = _valid_host(original.strip())
     if match is not None:
-        name = match["name"]
-        port = port or _parse_port(match["port"] or "") or default_port
+        name, host_port = match
+        port = _parse_port(host_port or "") or port or default_port
         environ["SERVER_NAME"] = name
         environ["HTTP_HOST"] = name if port == default_port else f"{name}:{port}"
     environ["SERVER_PORT"] = port or default_port
+
+
+def _valid_host(value: str) -> tuple[str, str | None] | None:
+    """(host, port or None) of ``host[:port]`` in the Host field's grammar (``strict``), with a
+    non-empty host; else None."""
+    try:
+        match = valid_host(value.encode("ascii"))
+    except UnicodeEncodeError:
+        return None
+    if match is None or not match[1]:
+        return None
+    port = match[2]
+    return match[1].decode("ascii"), port.decode("ascii") if port is not None else None
 
 
 def _client_from_list(value: str, trust: ProxyTrust) -> tuple[IPAddress, str | None] | None:

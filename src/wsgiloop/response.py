@@ -59,12 +59,13 @@ class InvalidHeader(ValueError):
 class Head:
     """A validated, serialised response head and what the loop needs to know about it."""
 
-    __slots__ = ("close", "data", "framing")
+    __slots__ = ("close", "data", "framing", "status")
 
-    def __init__(self, data: bytes, framing: int, close: bool) -> None:
+    def __init__(self, data: bytes, framing: int, close: bool, status: int) -> None:
         self.data = data  # status line and headers, without Connection and the final CRLF
         self.framing = framing
         self.close = close  # the connection must close after this response (app's or framing's)
+        self.status = status  # the code on the status line (for the metrics)
 
 
 #: (status, HTTP/1.1?, app headers..., server headers...) → Head, for heads that repeat. Shared by
@@ -188,7 +189,7 @@ def _build_head(
             lines.append(b"Transfer-Encoding: chunked\r\n")
         else:
             framing = UNTIL_CLOSE
-    return Head(b"".join(lines), framing, close)
+    return Head(b"".join(lines), framing, close, code)
 
 
 def encode_chunk(data: bytes) -> list[bytes]:

@@ -13,94 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import os
 import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import Config
-from .environ import connection_environ
-from .logs import error_log
-from .pool import ThreadPool
+from .hooks import ServerView, WorkerView
+from .lifecycle import IDLE
+from .logs import error_log, reopen_files
+from .process import become_worker, own_sockets
 from .protocol import HttpProtocol
-from .proxy import ProxyTrust
 from .sockets import Listeners, accept_pending, describe, open_sockets
+from .state import ServerState
+from .telemetry import Telemetry
 from .wsgi import WSGIApp
 
 TICK = 0.25  # seconds between timeout sweeps; timeouts are honoured to within this
-
-
-class ServerState:
-    """What every connection of one worker shares."""
-
-    __slots__ = (
-        "_base_environs",
-        "app",
-        "config",
-        "connections",
-        "default_headers",
-        "hung",
-        "loop",
-        "pool",
-        "proxy_trust",
-        "requests",
-        "stopping",
-        "url_scheme",
-    )
-
-    def __init__(self, app: WSGIApp, config: Config, loop: asyncio.AbstractEventLoop) -> None:
-        self.app = app
-        self.config = config
-        self.loop = loop
-        self.pool = ThreadPool(config.threads)
-        self.connections: set[HttpProtocol] = set()
-        self.stopping = False
-        self.requests = 0  # responses completed, for --max-requests
-        self.hung = 0  # pool threads still inside an app call that timed out (--timeout)
-        self.url_scheme = "https" if config.certfile else config.url_scheme
-        #: Whom to believe about X-Forwarded-*/Forwarded; None without --proxy-headers.
-        self.proxy_trust = ProxyTrust(config.forwarded_allow_ips) if config.proxy_headers else None
-        self.default_headers: list[tuple[bytes, bytes]] = []
-        self.refresh_headers()
-        self._base_environs: dict[tuple[str, int] | None, dict[str, Any]] = {}
-
-    def base_environ(self, local: tuple[str, int] | None) -> dict[str, Any]:
-        """The per-connection environ keys for connections to ``local`` (None: a Unix socket),
-        shared by all of them: requests copy it, nothing writes to it."""
-        base = self._base_environs.get(local)
-        if base is None:
-            base = connection_environ(
-                server=local,
-                peer=None,
-                url_scheme=self.url_scheme,
-                script_name=self.config.root_path,
-                multiprocess=self.config.workers > 1,
-            )
-            if len(self._base_environs) < 64:  # a few listeners; any number of local addresses
-                self._base_environs[local] = base
-        return base
-
-    def job_done(self, timed_out: bool) -> None:
-        """An app call finished its response (on the loop): free its pool slot."""
-        self.pool.done()
-        self.requests += 1
-        if timed_out:
-            self.hung -= 1
-
-    def refresh_headers(self) -> None:
-        """Rebuild the Server/Date headers (replaced, never mutated: app threads read it)."""
-        headers = []
-        if self.config.server_header:
-            headers.append((b"Server", b"wsgiloop"))
-        if self.config.date_header:
-            headers.append((b"Date", email.utils.formatdate(usegmt=True).encode()))
-        self.default_headers = headers
 
 
 def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -136,8 +69,12 @@ class Server:
         config: Config,
         heartbeat: Callable[[], None] | None = None,
         max_requests: int = 0,
+        worker: WorkerView | None = None,
+        publish: Callable[[Sequence[float]], None] | None = None,
+        slot: int | None = None,
     ) -> None:
         self.app = app
+        self.worker = worker  # what the hooks are given as ``worker``
         self.config = config
         self.state: ServerState | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -148,13 +85,18 @@ class Server:
         self.heartbeat = heartbeat  # called each tick: the supervisor's liveness signal
         self.max_requests = max_requests
         self.parent_pid = os.getppid()
+        # Metrics: under the supervisor, the worker's slot of the shared board and its writer
+        # (the supervisor serves the scrapes); standalone, a listener on this loop.
+        self.publish = publish
+        self.slot = slot
+        self.telemetry: Telemetry | None = None
 
     async def serve(self, listeners: Listeners | None = None) -> None:
         """Serve until ``stop()``; then shut down gracefully. ``listeners`` are closed (and the
         socket files among them removed) when it returns; without them, ``--bind`` is opened."""
         loop = asyncio.get_running_loop()
         config = self.config
-        state = self.state = ServerState(self.app, config, loop)
+        state = self.state = ServerState(self.app, config, loop, self.worker)
         self._stop = asyncio.Event()
         self.listeners = listeners = open_sockets(config) if listeners is None else listeners
         try:
@@ -172,6 +114,9 @@ class Server:
                 lambda: HttpProtocol(state), sock=sock, backlog=config.backlog, ssl=tls
             )
             self._servers.append(server)
+        if state.metrics is not None:
+            self.telemetry = Telemetry(state, self.publish, self.slot)
+            await self.telemetry.start()
         if self.heartbeat is None:  # under the supervisor, it has said where it listens
             for sock in sockets:
                 error_log.info(
@@ -187,6 +132,9 @@ class Server:
                 await self._shutdown()
             finally:
                 ticker.cancel()  # only now: draining needs its timeouts and its heartbeat
+            if self.telemetry is not None:
+                self.telemetry.report(final=True)  # the supervisor retires these figures
+                self.telemetry.close()
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -222,18 +170,24 @@ class Server:
                 self.max_requests = 0
                 self.stop()
             now = int(time.time())
-            if now != last_second:
+            new_second = now != last_second
+            if new_second:
                 last_second = now
                 state.refresh_headers()
             clock = loop.time()
+            idle = 0
             for proto in list(state.connections):
+                if proto.phase is IDLE:
+                    idle += 1
                 if proto.deadline and clock >= proto.deadline:
                     try:
                         proto.on_deadline()
                     except Exception:  # one connection's bug must not stop every timeout
                         error_log.exception("Error timing out a connection")
-                        if proto.transport is not None:
-                            proto.transport.abort()
+                        proto.abort()
+            state.idle = idle
+            if self.telemetry is not None:
+                self.telemetry.report(new_second)
 
     async def _shutdown(self) -> None:
         """Graceful stop, losing no request that reached this process.
@@ -265,16 +219,16 @@ class Server:
             )
             for conn in pending
         ]
-        deadline = time.monotonic() + self.config.graceful_timeout
         if adopting:
             await asyncio.wait(adopting, timeout=self.config.graceful_timeout)
             for task in adopting:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     error_log.debug("Could not take a pending connection: %s", task.exception())
-        # Connections the loop accepted just before the close have their connection_made queued:
-        # let those callbacks run so the drain below sees (and serves) them.
+        # Connections accepted just before the close have their connection_made queued on the
+        # loop: let those callbacks run so the drain below sees (and serves) them.
         for _ in range(3):
             await asyncio.sleep(0)
+        deadline = time.monotonic() + self.config.graceful_timeout
         await self._drain(deadline)
         for server in self._servers:
             with contextlib.suppress(Exception):
@@ -285,8 +239,7 @@ class Server:
                 "Graceful timeout: aborting %d connection(s)", len(state.connections)
             )
             for proto in list(state.connections):
-                if proto.transport is not None:
-                    proto.transport.abort()
+                proto.abort()
             await asyncio.sleep(0)
         state.pool.shutdown(timeout=1.0)
 
@@ -306,6 +259,34 @@ class Server:
             await asyncio.sleep(0.05)
 
 
+def run_alone(
+    load_app: Callable[[], WSGIApp],
+    config: Config,
+    server: ServerView,
+    ids: tuple[int | None, int | None] = (None, None),
+) -> int:
+    """``--workers 1``: this process is the one worker, with no supervisor and no fork.
+
+    The sockets are bound first and root dropped after, as in a forked worker; ``pre_fork`` and
+    ``post_fork`` run here, so code kept there runs once per worker either way (see hooks).
+    """
+    listeners = open_sockets(config)  # ListenError: nothing started yet
+    try:
+        own_sockets(listeners.sockets, *ids)
+        hooks = config.hooks
+        hooks.run("when_ready", server)
+        worker = WorkerView(config, age=1)
+        hooks.run("pre_fork", server, worker)
+        app = become_worker(config, ids, server, worker, load_app)
+    except BaseException:
+        listeners.close()
+        raise
+    try:
+        return run(app, config, listeners=listeners, worker=worker)
+    finally:
+        hooks.run("worker_exit", server, worker)
+
+
 def run(
     app: WSGIApp,
     config: Config,
@@ -313,6 +294,9 @@ def run(
     heartbeat: Callable[[], None] | None = None,
     max_requests: int = 0,
     on_ready: Callable[[], None] | None = None,
+    worker: WorkerView | None = None,
+    publish: Callable[[Sequence[float]], None] | None = None,
+    slot: int | None = None,
 ) -> int:
     """Run one worker in this process until SIGINT/SIGTERM (graceful) or SIGQUIT (fast).
 
@@ -325,7 +309,15 @@ def run(
         listeners = open_sockets(config)
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
-    server = Server(app, config, heartbeat=heartbeat, max_requests=max_requests)
+    server = Server(
+        app,
+        config,
+        heartbeat=heartbeat,
+        max_requests=max_requests,
+        worker=worker,
+        publish=publish,
+        slot=slot,
+    )
     if heartbeat is None:
         error_log.info("Starting wsgiloop %s", __version__)
     error_log.info(
@@ -335,7 +327,12 @@ def run(
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, server, sig)
-    loop.add_signal_handler(signal.SIGQUIT, _on_quit)
+    loop.add_signal_handler(signal.SIGQUIT, _on_quit, server)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_files)
+    if config.hooks.worker_abort is not None:
+        # Sent by the supervisor on --timeout: a loop too stuck to run a callback may still
+        # run a Python signal handler between two bytecodes of whatever it is stuck in.
+        signal.signal(signal.SIGABRT, lambda signum, frame: _on_abort(server))
     if heartbeat is None and on_ready is None:
         from . import systemd
 
@@ -370,11 +367,23 @@ def _when_started(server: Server, on_ready: Callable[[], None]) -> None:
 
 def _on_signal(server: Server, sig: signal.Signals) -> None:
     error_log.info("Received %s: shutting down gracefully", signal.Signals(sig).name)
+    if sig == signal.SIGINT and server.worker is not None:
+        server.config.hooks.run("worker_int", server.worker)
     server.stop()
 
 
-def _on_quit() -> None:
+def _on_quit(server: Server) -> None:
     """SIGQUIT: leave now, as gunicorn users expect of a fast shutdown."""
     error_log.info("Received SIGQUIT: exiting immediately")
+    if server.worker is not None:
+        server.config.hooks.run("worker_int", server.worker)
     logging.shutdown()
     os._exit(0)
+
+
+def _on_abort(server: Server) -> None:
+    """SIGABRT (the supervisor's --timeout): run ``worker_abort``, then exit at once."""
+    if server.worker is not None:
+        server.config.hooks.run("worker_abort", server.worker)
+    logging.shutdown()
+    os._exit(1)

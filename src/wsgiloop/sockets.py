@@ -195,8 +195,11 @@ class SocketFile:
         return cls(path, st.st_dev, st.st_ino)
 
     def remove(self) -> None:
-        """Unlink the file unless it is gone or is now another socket (a successor's)."""
-        with contextlib.suppress(FileNotFoundError):
+        """Unlink the file unless it is gone or is now another socket (a successor's).
+
+        ``PermissionError`` (the directory is not writable by ``--user`` any more) is ignored:
+        the file then stays, stale, and the next start replaces it."""
+        with contextlib.suppress(FileNotFoundError, PermissionError):
             st = os.stat(self.path)
             if (st.st_dev, st.st_ino) == (self.device, self.inode):
                 os.unlink(self.path)

@@ -21,7 +21,15 @@ What it rejects that h11 lets through
     - chunk lines h11 reads loosely (7.1): whitespace after the size, more than 16 hex digits
       (h11 takes 20, i.e. sizes a 64-bit proxy wraps around), extensions that are no
       ``;name[=token / quoted-string]`` (h11 takes ``;`` and then any byte but LF, bare CR and
-      control bytes included), and trailer lines ending in a bare LF or folded.
+      control bytes included), and trailer lines ending in a bare LF or folded;
+    - a request-target in none of the four forms of 3.2, or an absolute-form one whose
+      authority is invalid, empty or carries userinfo (``check_target``; h11 checks only that
+      the target is visible ASCII), and a repeated singleton field with another value
+      (``SINGLETON_KEYS``): both raised as ``Refused`` by ``environ.request_environ``.
+
+What it lets through that h11 refuses
+    Up to ``MAX_EMPTY_LINE_BYTES`` of empty lines (CRLF) before a request-line, which RFC 9112
+    2.2 says a server SHOULD ignore: ``skip_empty_lines`` strips them before h11 sees them.
 
 Which status (RFC 9112 6.1 and 6.3)
     A Transfer-Encoding whose final coding is not ``chunked`` leaves the body length unknown:
@@ -70,19 +78,27 @@ Chunk lines: a shadow validator, not a replacement reader
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Final, NamedTuple
 
 import h11
 
 __all__ = [
+    "HOST",
+    "MAX_EMPTY_LINE_BYTES",
+    "SINGLETON_KEYS",
     "ChunkedValidator",
+    "Refused",
     "Rejection",
     "check_fields",
     "check_head",
     "check_request",
+    "check_target",
     "error_status",
     "head_end",
+    "skip_empty_lines",
+    "valid_host",
 ]
 
 
@@ -133,12 +149,47 @@ def check_head(raw: bytes | bytearray, fields: int = -1) -> str | None:
     return None
 
 
-# uri-host [ ":" port ] (RFC 9112 3.2, RFC 3986 3.2.2): reg-name, IPv4 or an IP-literal in
-# brackets. Only the alphabet is checked, which is what matters: no whitespace, "@" (userinfo),
-# "/", "?", "#", "\\" or non-ASCII, which let a Host value re-route a request or split a URL.
-_HOST_BYTES: Final = (
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
-)
+# uri-host [ ":" port ] (RFC 9112 3.2, RFC 3986 3.2.2 and 3.2.3): an IP-literal in brackets
+# (IPv6 or IPvFuture), else a reg-name or IPv4address (both within reg-name's alphabet, with
+# "%" only as a percent-encoding), then an optional port of digits. This refuses what lets a
+# Host value re-route a request or split a URL (whitespace, "@" of userinfo, "/", "?", "#", "\\",
+# non-ASCII) and also what no URL can hold ("a:b", "a]", "%zz"). An empty reg-name is in the
+# grammar (a Host field may be empty when the target has no authority); ``check_target`` refuses
+# an absolute-form target whose host is empty (RFC 9110 4.2.1).
+_SUB_DELIMS: Final = rb"!$&'()*+,;="
+_REG_NAME: Final = rb"(?:[-A-Za-z0-9._~%s]|%%[0-9A-Fa-f]{2})*" % _SUB_DELIMS
+_IP_LITERAL: Final = rb"\[(?:[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[-A-Za-z0-9._~:%s]+)\]" % _SUB_DELIMS
+#: The alphabet of ``uri-host [":" port]``: group 1 is the host (brackets kept), group 2 the
+#: port (or None). ``valid_host`` also checks that a bracketed IPv6 literal is one.
+HOST: Final = re.compile(rb"(%s|%s)(?::([0-9]*))?" % (_IP_LITERAL, _REG_NAME))
+_host_match = HOST.fullmatch
+
+
+def valid_host(value: bytes) -> re.Match[bytes] | None:
+    """The match of a Host value (or an authority without userinfo) in the grammar, or None.
+
+    The IP-literal is checked with ``ipaddress`` (a rare, bracketed case), so ``[:::]`` or
+    ``[1::2::3]`` are refused too; IPvFuture (``[v1.x]``) passes on its alphabet. Zone IDs
+    (RFC 6874) are refused: no browser sends one.
+    """
+    match = _host_match(value)
+    if match is not None and value[:1] == b"[" and value[1:2] not in (b"v", b"V"):
+        try:
+            ipaddress.IPv6Address(match.group(1)[1:-1].decode("ascii"))
+        except ValueError:
+            return None
+    return match
+
+
+_valid_host = valid_host
+_PLAIN_NAME: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
+
+
+def _plain_host(value: bytes) -> bool:
+    """``name`` or ``name:digits`` of letters, digits, "-" and "." (nearly every Host value):
+    valid without the regex, at a third of its cost."""
+    name, _, port = value.partition(b":")
+    return not name.translate(None, _PLAIN_NAME) and (not port or port.isdigit())
 
 
 def check_request(request: h11.Request) -> Rejection | None:
@@ -165,7 +216,7 @@ def check_request(request: h11.Request) -> Rejection | None:
 def check_fields(http_version: bytes, te: bool, cl: bool, host: bytes | None) -> Rejection | None:
     """``check_request`` without the loop: whether Transfer-Encoding and Content-Length are
     present, and the Host value (None: no Host field; h11 demands one in HTTP/1.1)."""
-    if host is not None and host.translate(None, _HOST_BYTES):
+    if host is not None and not _plain_host(host) and _valid_host(host) is None:
         return Rejection(400, "invalid Host header value")
     if te:
         if http_version == b"1.0":
@@ -173,6 +224,111 @@ def check_fields(http_version: bytes, te: bool, cl: bool, host: bytes | None) ->
         if cl:
             return Rejection(400, "both Transfer-Encoding and Content-Length")
     return None
+
+
+# -- the request-target, singleton fields, empty lines before the request-line -----------------
+
+
+class Refused(ValueError):
+    """Raised by ``environ.request_environ`` for a request the app must not see."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.reason)
+        self.rejection = rejection
+
+
+def check_target(method: bytes, target: bytes) -> Rejection | None:
+    """Why a request-target that is not in origin-form must be refused (400), or None.
+
+    RFC 9112 3.2: a request-target is origin-form (``/path?query``), absolute-form
+    (``http://authority/path?query``), authority-form (CONNECT only; refused before as 501) or
+    asterisk-form (``*``, OPTIONS only); anything else (``foo``, ``a:1``, ``ftp://b/c``,
+    ``GET *``) makes the request-line invalid, which "SHOULD" get 400 (3), and would hand the app
+    a ``PATH_INFO`` not starting with ``/``, which CGI and so PEP 3333 do not allow. h11 checks
+    only the alphabet (visible ASCII). In absolute-form the authority replaces the Host field
+    (3.2.2), so it is held to the same grammar, and also refused when its host is empty
+    (RFC 9110 4.2.1: an http URI with an empty host "MUST" be rejected as invalid) and when it
+    carries userinfo (``http://u@evil/x``; RFC 9110 4.2.4: a recipient "SHOULD" treat it as an
+    error, since ``u@`` is a way to make a URL look as if it pointed elsewhere). The scheme is
+    http or https in any case (3.1 of RFC 3986: case-insensitive). A ``#fragment`` is not
+    checked here: ``environ`` drops it (see the docstring of ``request_environ``).
+
+    Origin-form (the first byte is ``/``) is the caller's fast path and passes unchecked here.
+    """
+    if target[:1] == b"/":
+        return None
+    if target == b"*":
+        if method == b"OPTIONS":
+            return None
+        return Rejection(400, "asterisk-form target with a method other than OPTIONS")
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return Rejection(400, "request-target in no request-target form")
+    end = len(rest)
+    for delimiter in b"/?#":
+        found = rest.find(delimiter, 0, end)
+        if found >= 0:
+            end = found
+    authority = rest[:end]
+    if b"@" in authority:
+        return Rejection(400, "userinfo in the request-target")
+    match = _valid_host(authority)
+    if match is None:
+        return Rejection(400, "invalid authority in the request-target")
+    if not match.group(1):
+        return Rejection(400, "empty host in the request-target")
+    return None
+
+
+#: Environ keys of fields that RFC 9110 defines as a single value, not a list, and where a proxy
+#: or WAF that reads one value and an app that reads another would disagree on what matters:
+#: the media type (and multipart boundary) of the body (8.3), credentials (11.6.2, 11.7.2), the
+#: origin a CSRF check compares (RFC 6454 7.3: "MUST NOT" be sent twice) and the byte ranges a
+#: cache and the app would serve (14.2). Joining such a field with "," (RFC 9110 5.3 allows it
+#: for list fields only) makes a value neither side sent; last-one-wins hides the first from
+#: the app. So a repeat with another value is a 400; an identical repeat is kept once. Host and
+#: Content-Length are h11's (a repeated Host is refused, conflicting lengths too).
+SINGLETON_KEYS: Final = frozenset(
+    (
+        "CONTENT_TYPE",
+        "HTTP_AUTHORIZATION",
+        "HTTP_PROXY_AUTHORIZATION",
+        "HTTP_ORIGIN",
+        "HTTP_RANGE",
+    )
+)
+
+#: How many bytes of empty lines (CRLF) before a request-line are skipped: RFC 9112 2.2 says a
+#: server "SHOULD ignore at least one"; the CRLF some old clients send after a POST body is the
+#: case. Beyond this h11 sees the rest and refuses it (400), so a stream of CRLFs costs nothing.
+MAX_EMPTY_LINE_BYTES: Final = 8
+
+
+def skip_empty_lines(data: bytes, skipped: int) -> tuple[bytes, int]:
+    """Strip the empty lines (CRLF) that precede a request-line; bounded, split reads included.
+
+    Call it with the bytes that start a request (no byte of its request-line read yet) and the
+    count of bytes skipped so far before this request (0 at first). Returns the bytes to give
+    h11 and the new count. An odd count means a CR that ended the previous read is pending: the
+    next read must begin with its LF, or the CR is given back so that h11 refuses the bare CR.
+    Only whole CRLFs are skipped, never a bare LF (RFC 9112 2.2 lets a server refuse those, and
+    this project does everywhere); past ``MAX_EMPTY_LINE_BYTES`` nothing more is skipped.
+    """
+    start = 0
+    if skipped & 1:
+        if data[:1] != b"\n":
+            return b"\r" + data, skipped - 1
+        start = 1
+        skipped += 1
+    size = len(data)
+    while skipped < MAX_EMPTY_LINE_BYTES and start < size and data[start] == 13:
+        if start + 1 == size:  # a CR at the end of this read: its LF may be in the next
+            return b"", skipped + 1
+        if data[start + 1] != 10:
+            break
+        start += 2
+        skipped += 2
+    return (data[start:] if start else data), skipped
 
 
 _TE_LINE: Final = re.compile(rb"(?im)^transfer-encoding[ \t]*:([^\r\n]*)")
@@ -189,6 +345,11 @@ def error_status(hint: int, raw: bytes | bytearray) -> int:
     """
     if hint != 501:
         return hint
+    if check_head(raw) is not None:
+        # h11 unfolded an obs-fold into the Transfer-Encoding value ("chunked abc"): the fold is
+        # the fault, and every fold is a 400 (5.2), as ``check_head`` answers when h11 lets the
+        # head through.
+        return 400
     end = raw.find(b"\r\n\r\n")
     codings: list[bytes] = []
     for match in _TE_LINE.finditer(raw, 0, end if end >= 0 else len(raw)):

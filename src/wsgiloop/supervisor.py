@@ -11,10 +11,16 @@ SIGINT     same as SIGTERM
 SIGQUIT    fast shutdown: workers exit at once
 SIGHUP     reload: start fresh workers (re-importing the app) one at a time, retiring an
            old one gracefully only after its replacement is serving; no request is dropped.
-           If the new code cannot be loaded, the old workers go on serving (see _reap)
+           If the new code cannot be loaded, the old workers go on serving (see _boot_failed)
 SIGTTIN    one more worker
 SIGTTOU    one worker fewer
+SIGUSR1    reopen the log files, here and in every worker (logrotate's postrotate)
 =========  ============================================================================
+
+With ``--reload`` (development) a watcher thread (``reloader``) turns a changed file into the
+same reload as SIGHUP. Server hooks (``hooks``) run where gunicorn runs them: ``pre_fork``,
+``child_exit``, ``nworkers_changed``, ``on_reload`` here; ``post_fork``, ``post_worker_init`` and
+``worker_exit`` in the worker.
 
 The supervisor never runs an event loop or imports the app (unless ``--preload``), so it stays
 small and a broken deploy fails in the workers, where it is logged, not in the process that
@@ -51,8 +57,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import exitcodes
+from .board import Fleet, metrics_enabled
 from .config import Config
-from .logs import error_log, set_pid
+from .hooks import ServerView, WorkerView
+from .logs import error_log, reopen_files, set_pid
+from .process import become_worker, own_sockets
 from .sockets import Listeners
 
 MAX_SLOTS = 1024
@@ -67,6 +76,7 @@ _SIGNALS = (
     signal.SIGHUP,
     signal.SIGTTIN,
     signal.SIGTTOU,
+    signal.SIGUSR1,
     signal.SIGCHLD,
 )
 
@@ -80,6 +90,7 @@ class Worker:
     ready: bool = False
     retiring: bool = False
     killed_at: float = 0.0
+    sigkilled: bool = False
     #: When its heartbeat timeout starts counting if it has not beaten since (see STALL).
     baseline: float = 0.0
     retire_deadline: float = 0.0  # when a retiring worker is killed if it is still draining
@@ -88,9 +99,19 @@ class Worker:
 class Supervisor:
     """The master process of ``--workers N``."""
 
-    def __init__(self, load_app: Callable[[], Any], config: Config) -> None:
+    def __init__(
+        self,
+        load_app: Callable[[], Any],
+        config: Config,
+        server: ServerView | None = None,
+        ids: tuple[int | None, int | None] = (None, None),
+    ) -> None:
         self.load_app = load_app
         self.config = config
+        self.hooks = config.hooks
+        self.server = server or ServerView(config, config.workers)  # what hooks get
+        self.ids = ids  # --user/--group, taken by each worker once it is forked
+        self.age = 0  # workers started so far (gunicorn's worker.age)
         self.target = config.workers
         self.workers: dict[int, Worker] = {}
         self.generation = 0
@@ -103,6 +124,8 @@ class Supervisor:
         self.listeners = Listeners([])
         self.last_turn = 0.0
         self.wake_r, self.wake_w = os.pipe()
+        # Metrics (board.Fleet): the workers' shared figures, served by a thread of its own.
+        self.fleet = Fleet(config, MAX_SLOTS) if metrics_enabled(config) else None
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -112,6 +135,7 @@ class Supervisor:
 
         set_pid(os.getpid())
         self.listeners = open_sockets(self.config)  # ListenError: nothing started yet
+        own_sockets(self.listeners.sockets, *self.ids)
         error_log.info("Starting wsgiloop supervisor (pid: %d)", os.getpid())
         for sock in self.listeners.sockets:
             error_log.info("Listening at: %s (%d)", describe(sock, self.config.url_scheme),
@@ -120,6 +144,16 @@ class Supervisor:
         signal.set_wakeup_fd(self.wake_w)
         for sig in _SIGNALS:
             signal.signal(sig, self._on_signal)
+        self.hooks.run("when_ready", self.server)
+        self.hooks.run("nworkers_changed", self.server, self.target, None)
+        watcher = None
+        if self.config.reload:
+            from .reloader import Watcher
+
+            watcher = Watcher(self.config, self._request_reload)
+            watcher.start()
+        if self.fleet is not None:
+            self.fleet.start(lambda: any(w.ready for w in list(self.workers.values())))
         notified = False
         self.last_turn = time.monotonic()
         try:
@@ -141,8 +175,12 @@ class Supervisor:
                         error_log.info("All %d workers are serving", self.target)
                 self._sleep(0.1)
         finally:
+            if watcher is not None:
+                watcher.stop()
             systemd.notify("STOPPING=1")
             self.listeners.close()
+            if self.fleet is not None:
+                self.fleet.close()
         error_log.info("Shutdown complete")
         return self.exit_status
 
@@ -165,6 +203,13 @@ class Supervisor:
                 worker.baseline = now
         self.last_turn = now
 
+    def _request_reload(self, changed: str) -> None:
+        """From the --reload watcher's thread: reload as SIGHUP does (queued, then woken)."""
+        error_log.info("%s changed: reloading", changed)
+        self.pending.append(signal.SIGHUP)
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"\0")
+
     # -- signals -----------------------------------------------------------------------------
 
     def _handle_signals(self) -> None:
@@ -182,13 +227,22 @@ class Supervisor:
             elif sig == signal.SIGHUP:
                 error_log.info("Received SIGHUP: reloading workers")
                 self.generation += 1
+                self.hooks.run("on_reload", self.server)
+                if self.fleet is not None:
+                    self.fleet.reloads += 1
             elif sig == signal.SIGTTIN:
                 self.target += 1
                 error_log.info("Received SIGTTIN: workers %d", self.target)
+                self.hooks.run("nworkers_changed", self.server, self.target, self.target - 1)
             elif sig == signal.SIGTTOU:
                 if self.target > 1:
                     self.target -= 1
+                    self.hooks.run("nworkers_changed", self.server, self.target, self.target + 1)
                 error_log.info("Received SIGTTOU: workers %d", self.target)
+            elif sig == signal.SIGUSR1:
+                reopen_files()
+                for worker in self.workers.values():
+                    self._kill(worker.pid, signal.SIGUSR1)
 
     def _begin_stop(self, mode: str, name: str) -> None:
         if self.stopping == "fast" or self.stopping == mode:
@@ -201,6 +255,8 @@ class Supervisor:
         # a socket inherited from systemd stays open there, queueing them for the successor.
         self.listeners.close()
         self.stopping = mode
+        if self.fleet is not None:
+            self.fleet.stopping = True  # the health path answers 503 from now on
         self.stop_deadline = time.monotonic() + (
             self.config.graceful_timeout + 5 if mode == "graceful" else 5
         )
@@ -217,6 +273,7 @@ class Supervisor:
             if worker.retiring and now > worker.retire_deadline and not worker.killed_at:
                 error_log.warning("Worker %d did not retire in time: killing it", worker.pid)
                 worker.killed_at = now
+                worker.sigkilled = True
                 self._kill(worker.pid, signal.SIGKILL)
 
     def _enforce_stop_deadline(self) -> None:
@@ -272,6 +329,9 @@ class Supervisor:
     def _spawn(self) -> None:
         slot = self._free_slot()
         _SLOT.pack_into(self.beats, slot * 8, 0.0)
+        self.age += 1
+        view = WorkerView(self.config, self.age)
+        self.hooks.run("pre_fork", self.server, view)
         # Signals stay blocked across the fork until the child has reset their handlers: one
         # caught by the supervisor's handler in the child (a SIGTERM that retires it while it
         # boots) would otherwise be lost there, and the worker would never stop.
@@ -285,12 +345,18 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             now = time.monotonic()
             self.workers[pid] = Worker(pid, slot, now, self.generation, baseline=now)
+            view.pid = pid
+            self.server.WORKERS[pid] = view
+            if self.fleet is not None:
+                self.fleet.spawned(slot, pid)
             error_log.info("Booting worker with pid: %d", pid)
             return
+        view.pid = os.getpid()
+        view.ppid = os.getppid()
         # -- in the child ---------------------------------------------------------------------
         status = 1
         try:
-            status = self._worker_main(slot)
+            status = self._worker_main(slot, view)
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -301,7 +367,7 @@ class Supervisor:
                 sys.stderr.flush()
             os._exit(status)
 
-    def _worker_main(self, slot: int) -> int:
+    def _worker_main(self, slot: int, view: WorkerView) -> int:
         from .server import run
 
         for sig in _SIGNALS:
@@ -313,7 +379,7 @@ class Supervisor:
         set_pid(os.getpid())
         random.seed()
         try:
-            app = self.load_app()
+            app = become_worker(self.config, self.ids, self.server, view, self.load_app)
         except Exception as exc:  # the loader's message is the one line (see cli.load_app)
             error_log.error("Error: %s", exc)
             error_log.debug("The app failed to load", exc_info=True)
@@ -326,18 +392,25 @@ class Supervisor:
         def heartbeat() -> None:
             pack(beats, offset, clock())
 
+        publish = self.fleet.in_worker(slot) if self.fleet is not None else None
         config = self.config
         max_requests = config.max_requests
         if max_requests and config.max_requests_jitter:
             max_requests += random.randint(0, config.max_requests_jitter)
-        return run(
-            app,
-            config,
-            listeners=self.listeners.for_worker(),  # the files are the supervisor's to remove
-            heartbeat=heartbeat,
-            max_requests=max_requests,
-            on_ready=heartbeat,
-        )
+        try:
+            return run(
+                app,
+                config,
+                listeners=self.listeners.for_worker(),  # the files are the supervisor's
+                heartbeat=heartbeat,
+                max_requests=max_requests,
+                on_ready=heartbeat,
+                worker=view,
+                publish=publish,
+                slot=slot,
+            )
+        finally:
+            self.hooks.run("worker_exit", self.server, view)
 
     def _reap(self) -> None:
         while True:
@@ -350,6 +423,12 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            view = self.server.WORKERS.pop(pid, None)
+            if view is not None:
+                view.alive = False
+                self.hooks.run("child_exit", self.server, view)
+            if self.fleet is not None:
+                self.fleet.exited(worker.slot)  # its figures join the retired totals
             code = os.waitstatus_to_exitcode(status)
             if code == exitcodes.APP_LOAD and not worker.ready and self.stopping is None:
                 self._boot_failed(worker)
@@ -408,6 +487,17 @@ class Supervisor:
             if now - last > timeout and not worker.killed_at:
                 error_log.critical("WORKER TIMEOUT (pid: %d): killing it", worker.pid)
                 worker.killed_at = now
+                if self.fleet is not None:
+                    self.fleet.workers_timed_out += 1
+                # With a worker_abort hook, SIGABRT first (the worker runs it and exits), and
+                # SIGKILL a second later for a worker too stuck even for that.
+                if self.hooks.worker_abort is not None:
+                    self._kill(worker.pid, signal.SIGABRT)
+                else:
+                    worker.sigkilled = True
+                    self._kill(worker.pid, signal.SIGKILL)
+            elif worker.killed_at and now - worker.killed_at > 1.0 and not worker.sigkilled:
+                worker.sigkilled = True
                 self._kill(worker.pid, signal.SIGKILL)
 
     @staticmethod
@@ -419,9 +509,14 @@ class Supervisor:
                 raise
 
 
-def run_supervisor(load_app: Callable[[], Any], config: Config) -> int:
+def run_supervisor(
+    load_app: Callable[[], Any],
+    config: Config,
+    server: ServerView | None = None,
+    ids: tuple[int | None, int | None] = (None, None),
+) -> int:
     """Run ``config.workers`` workers under a supervisor until told to stop."""
     if config.preload:
         app = load_app()
-        return Supervisor(lambda: app, config).run()
-    return Supervisor(load_app, config).run()
+        return Supervisor(lambda: app, config, server, ids).run()
+    return Supervisor(load_app, config, server, ids).run()

@@ -1,7 +1,9 @@
 """The app-thread half of a request: call the WSGI app and stream its response to the loop.
 
 ``Exchange`` is created on the loop when h11 yields a request and then runs, once, on a pool
-thread (``Exchange.run``). It talks to the loop only through the connection's ``ResponseStream``:
+thread (``Exchange.run``). Of its connection it knows only the ``Channel`` interface: the app and
+the settings, the ``ResponseStream`` it writes the response to, the raw socket for ``sendfile``,
+and how to hand its pool slot back when the stream is gone. Through the stream:
 
 - a list or tuple body (the usual small response) goes to the loop in one hop with its head and
   the end-of-message;
@@ -19,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .bridge import BodyTooLarge, ClientDisconnected, ResponseStream
 from .filewrapper import FileWrapper, sendfile_all
@@ -34,11 +36,40 @@ from .response import (
     encode_chunk,
     error_head,
 )
+from .spool import spool_chunked_body
 
 if TYPE_CHECKING:
-    from .protocol import HttpProtocol
+    from .config import Config
+    from .hooks import RequestHooks
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class Channel(Protocol):
+    """What an app thread may use of its connection (``protocol.HttpProtocol`` on the loop side).
+
+    Everything here is safe to call from an app thread; nothing else of the connection is.
+    """
+
+    @property
+    def stream(self) -> ResponseStream: ...
+
+    @property
+    def app(self) -> WSGIApp: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def request_hooks(self) -> RequestHooks | None:
+        """``pre_request``/``post_request``, or None when neither is defined."""
+
+    def socket_fd(self) -> int | None:
+        """The raw socket for ``os.sendfile``, or None where the transport must do the writing."""
+
+    def release(self, exchange: Exchange) -> None:
+        """The exchange ended without an end or abort reaching the stream (it was closed): have
+        the loop free its pool slot."""
 
 _INTERNAL_ERROR = b"500 Internal Server Error\n"
 _TOO_LARGE = b"413 Content Too Large\n"
@@ -49,11 +80,11 @@ class Exchange:
     """One request/response, handed from the loop to a pool thread."""
 
     __slots__ = (
+        "channel",
         "environ",
         "head_only",
         "http11",
         "overflowed",
-        "protocol",
         "response",
         "sent",
         "started",
@@ -63,14 +94,14 @@ class Exchange:
 
     def __init__(
         self,
-        protocol: HttpProtocol,
+        channel: Channel,
         environ: dict[str, Any],
         extra_headers: list[tuple[bytes, bytes]],
         head_only: bool,
         http11: bool = True,
     ) -> None:
-        self.protocol = protocol
-        self.stream: ResponseStream = protocol.stream
+        self.channel = channel
+        self.stream: ResponseStream = channel.stream
         self.environ = environ
         self.response = Response(extra_headers)
         self.head_only = head_only
@@ -178,8 +209,8 @@ class Exchange:
         response with the head alone), so HEAD and GET of the same file have the same headers.
         """
         span = wrapper.sendfile_span()
-        sock = self.protocol.socket_fd
-        if span is None or sock is None:
+        sock = self.channel.socket_fd()
+        if span is None or sock is None or not self.channel.config.sendfile:
             return False
         file_fd, offset, available = span
         response = self.response
@@ -198,6 +229,7 @@ class Exchange:
         response.headers_sent = True
         stream = self.stream
         own_fd = stream.handoff(sock, count)  # a private duplicate: see ResponseStream.handoff
+        before = self.sent
         try:
             sent = sendfile_all(
                 own_fd,
@@ -205,7 +237,8 @@ class Exchange:
                 offset,
                 count,
                 lambda: stream.closed,
-                self.protocol.state.config.write_timeout,
+                self.channel.config.write_timeout,
+                on_sent=self._count_sent,  # the access log's bytes, if the client goes midway
             )
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ClientDisconnected("client disconnected during sendfile") from exc
@@ -219,28 +252,40 @@ class Exchange:
             raise ClientDisconnected("client stopped reading during sendfile") from exc
         finally:
             os.close(own_fd)
-        self.sent += sent
+        self.sent = before + sent
         if sent < response.content_length:
             raise OSError(f"file ended after {sent} of {response.content_length} bytes")
         return True
+
+    def _count_sent(self, n: int) -> None:
+        self.sent += n
 
     # -- the pool thread's job ---------------------------------------------------------------
 
     def run(self) -> None:
         """Call the app and deliver its response. Never raises."""
-        protocol = self.protocol
-        state = protocol.state
+        channel = self.channel
         result: Any = None
+        spooled = None  # the chunked body read ahead of the app (--spool-chunked-body)
         ended = False  # an end or abort reached the stream: the loop will free the pool slot
         if self.stream.closed:
             # Abandoned while waiting for a thread (client gone, or --timeout): don't run it.
-            protocol.loop.call_soon_threadsafe(protocol.job_done_elsewhere, self)
+            channel.release(self)
             return
+        hooks = channel.request_hooks
         try:
-            result = state.app(self.environ, self.start_response)
+            if hooks is not None:
+                hooks.before(self.environ)
+            config = channel.config
+            if config.spool_chunked_body:
+                spooled = spool_chunked_body(self.environ, config.body_buffer)
+            result = channel.app(self.environ, self.start_response)
             if type(result) is list or type(result) is tuple:
                 chunks = [c if type(c) is bytes else _as_bytes(c) for c in result]
-                self._push([c for c in chunks if c], end=True)
+                chunks = [c for c in chunks if c]
+                if self.response.content_length is None:
+                    _set_known_length(self.response, chunks, self.head_only)
+                self._push(chunks, end=True)
             else:
                 if not (type(result) is FileWrapper and self._send_file(result)):
                     for chunk in result:
@@ -269,12 +314,22 @@ class Exchange:
                     result.close()
                 except Exception:
                     error_log.exception("Error closing the response iterable")
+            if spooled is not None:
+                spooled.close()
             if not ended:
-                protocol.loop.call_soon_threadsafe(protocol.job_done_elsewhere, self)
+                channel.release(self)
+            if hooks is not None:
+                response = self.response
+                hooks.after(
+                    self.environ,
+                    response.status if response.headers_sent else "",
+                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],
+                    self.sent,
+                )
             if access_log.isEnabledFor(logging.INFO):
                 status = self.response.status if self.response.headers_sent else "-"
                 log_access(
-                    state.config.access_log_format,
+                    channel.config.access_log_format,
                     self.environ,
                     status,
                     self.sent,
@@ -318,6 +373,29 @@ class Exchange:
         except ClientDisconnected:
             return False
         return True
+
+
+def _set_known_length(response: Response, chunks: list[bytes], head_only: bool) -> None:
+    """Give a list or tuple body without a Content-Length the length it has.
+
+    PEP 3333 lets a server compute it when the iterable has one element; a list or tuple is
+    complete when the app returns it, so the same holds for any length. Without it, HTTP/1.1
+    gets a chunked response and HTTP/1.0 a close. Not for a status without content (204, 304),
+    an app's own Transfer-Encoding, a response already started with ``write()``, or a HEAD
+    whose app returned no body (a GET might have one: a 0 would be a lie).
+    """
+    if response.headers_sent or not response.status or response.status_code in (204, 304):
+        return
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+    if head_only and not total:
+        return
+    for name, _ in response.headers:
+        if name.lower() == b"transfer-encoding":
+            return
+    response.headers.append((b"Content-Length", b"%d" % total))
+    response.content_length = total
 
 
 def _as_bytes(chunk: Any) -> bytes:

@@ -31,7 +31,7 @@ from typing import Any
 
 from wsgiloop.config import Config
 from wsgiloop.protocol import HttpProtocol
-from wsgiloop.server import ServerState
+from wsgiloop.state import ServerState
 
 MAX_INPUT = 64 * 1024
 _STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r\n]*\r\n")

@@ -1,0 +1,52 @@
+"""--reload for development: an edit to the app's file restarts the workers (watchfiles, or
+the polling fallback), and an edit that breaks the code leaves the last good workers serving."""
+
+from __future__ import annotations
+
+import pytest
+from test_supervisor import get, wait_for
+
+APP = '''
+def app(environ, start_response):
+    body = {version!r}
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def write(path, version: bytes) -> None:
+    path.write_text(APP.format(version=version))
+
+
+def serves(port: int, body: bytes) -> bool:
+    try:
+        return get(port, timeout=5) == (200, body)
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("engine", ["auto", "poll"])
+def test_an_edit_to_the_app_restarts_the_workers(spawn, tmp_path, engine):
+    module = tmp_path / "devapp.py"
+    write(module, b"v1")
+    server = spawn("devapp:app", "--bind", "127.0.0.1:0", "--reload", "--reload-engine",
+                   engine, cwd=tmp_path)
+    assert wait_for(lambda: serves(server.port, b"v1"))
+    expected = "(watchfiles)" if engine == "auto" else "(polling every"
+    assert wait_for(lambda: any(expected in line for line in server.log)), server.log
+    write(module, b"v2")
+    assert wait_for(lambda: serves(server.port, b"v2"), timeout=30), "".join(server.log)
+    assert any("devapp.py changed: reloading" in line for line in server.log)
+
+
+def test_an_extra_file_restarts_the_workers_too(spawn, tmp_path):
+    write(tmp_path / "devapp.py", b"v1")
+    template = tmp_path / "page.html"
+    template.write_text("<p>one</p>")
+    server = spawn("devapp:app", "--bind", "127.0.0.1:0", "--reload",
+                   "--reload-extra-file", str(template), cwd=tmp_path)
+    assert wait_for(lambda: serves(server.port, b"v1"))
+    assert wait_for(lambda: any("Reloading on changes" in line for line in server.log))
+    template.write_text("<p>two</p>")
+    assert wait_for(lambda: any("page.html changed: reloading" in line for line in server.log),
+                    timeout=30), "".join(server.log)
