@@ -22,13 +22,22 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .config import Config
+from .config import DEFAULT_BIND, Config
 from .hooks import ServerView, WorkerView
 from .lifecycle import IDLE
 from .logs import error_log, reopen_files
 from .process import become_worker, own_sockets
 from .protocol import HttpProtocol
-from .sockets import Listeners, accept_pending, describe, open_sockets
+from .sockets import (
+    Listeners,
+    SocketFile,
+    accept_pending,
+    create_socket,
+    describe,
+    listen_error,
+    parse_bind,
+    socket_from_fd,
+)
 from .state import ServerState
 from .telemetry import Telemetry
 from .wsgi import WSGIApp
@@ -58,6 +67,30 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     context.verify_mode = ssl.VerifyMode(config.cert_reqs)
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def open_sockets(config: Config) -> Listeners:
+    """Inherited sockets (systemd, ``--fd``) plus one per ``--bind``; ``ListenError`` if one is
+    impossible (those already opened are closed again)."""
+    from .systemd import listen_fds
+
+    listeners = Listeners(listen_fds())
+    try:
+        for fd in config.fd:
+            try:
+                listeners.sockets.append(socket_from_fd(fd))
+            except OSError as exc:
+                raise listen_error(f"--fd {fd}", exc) from None
+        binds = config.bind or ([] if listeners.sockets else [DEFAULT_BIND])
+        for value in binds:
+            sock = create_socket(parse_bind(value), config.backlog, config.reuse_port, config.umask)
+            listeners.sockets.append(sock)
+            if sock.family == socket.AF_UNIX:
+                listeners.files.append(SocketFile.of(sock))
+    except BaseException:
+        listeners.close()
+        raise
+    return listeners
 
 
 class Server:

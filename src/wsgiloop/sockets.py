@@ -18,10 +18,6 @@ import os
 import socket
 import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .config import Config
 
 
 class ListenError(OSError):
@@ -31,7 +27,7 @@ class ListenError(OSError):
         return str(self.strerror)
 
 
-def _listen_error(address: object, exc: OSError) -> ListenError:
+def listen_error(address: object, exc: OSError) -> ListenError:
     reason = exc.strerror or str(exc)
     if isinstance(exc, socket.gaierror):
         reason = f"cannot resolve the host name ({reason})"
@@ -93,7 +89,7 @@ def create_socket(
     except ListenError:
         raise
     except OSError as exc:
-        raise _listen_error(address, exc) from None
+        raise listen_error(address, exc) from None
 
 
 def _inet_socket(address: Address, backlog: int, reuse_port: bool) -> socket.socket:
@@ -228,31 +224,6 @@ class Listeners:
         for file in self.files:
             file.remove()
         self.files = []
-
-
-def open_sockets(config: Config) -> Listeners:
-    """Inherited sockets (systemd, ``--fd``) plus one per ``--bind``; ``ListenError`` if one is
-    impossible (those already opened are closed again)."""
-    from .config import DEFAULT_BIND
-    from .systemd import listen_fds
-
-    listeners = Listeners(listen_fds())
-    try:
-        for fd in config.fd:
-            try:
-                listeners.sockets.append(socket_from_fd(fd))
-            except OSError as exc:
-                raise _listen_error(f"--fd {fd}", exc) from None
-        binds = config.bind or ([] if listeners.sockets else [DEFAULT_BIND])
-        for value in binds:
-            sock = create_socket(parse_bind(value), config.backlog, config.reuse_port, config.umask)
-            listeners.sockets.append(sock)
-            if sock.family == socket.AF_UNIX:
-                listeners.files.append(SocketFile.of(sock))
-    except BaseException:
-        listeners.close()
-        raise
-    return listeners
 
 
 def accept_pending(sock: socket.socket) -> list[socket.socket]:

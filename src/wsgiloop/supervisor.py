@@ -131,7 +131,8 @@ class Supervisor:
 
     def run(self) -> int:
         from . import systemd
-        from .sockets import describe, open_sockets
+        from .server import open_sockets
+        from .sockets import describe
 
         set_pid(os.getpid())
         self.listeners = open_sockets(self.config)  # ListenError: nothing started yet
