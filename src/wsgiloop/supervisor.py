@@ -282,8 +282,17 @@ class Supervisor:
         self.age += 1
         view = WorkerView(self.config, self.age)
         self.hooks.run("pre_fork", self.server, view)
-        pid = os.fork()
+        # Signals stay blocked across the fork: one that came between the fork and the child's
+        # reset of its handlers would run the supervisor's handler in the child, where it is
+        # lost, and a SIGTERM sent during a boot would leave that worker serving on.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            raise
         if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             self.workers[pid] = Worker(pid, slot, time.monotonic(), self.generation)
             view.pid = pid
             self.server.WORKERS[pid] = view
@@ -313,6 +322,7 @@ class Supervisor:
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked by _spawn for the fork
         os.close(self.wake_r)
         os.close(self.wake_w)
         set_pid(os.getpid())
