@@ -114,16 +114,18 @@ class Supervisor:
         from .sockets import describe
 
         set_pid(os.getpid())
+        # Signals first: a SIGTERM sent as soon as the server says it listens is a stop, not
+        # the default action's kill (which would leave the pid file and the socket behind).
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in _SIGNALS:
+            signal.signal(sig, self._on_signal)
         self.sockets = open_sockets(self.config)
         own_sockets(self.sockets, *self.ids)
         error_log.info("Starting wsgiloop supervisor (pid: %d)", os.getpid())
         for sock in self.sockets:
             error_log.info("Listening at: %s (%d)", describe(sock, self.config.url_scheme),
                            os.getpid())
-        os.set_blocking(self.wake_w, False)
-        signal.set_wakeup_fd(self.wake_w)
-        for sig in _SIGNALS:
-            signal.signal(sig, self._on_signal)
         self.hooks.run("when_ready", self.server)
         self.hooks.run("nworkers_changed", self.server, self.target, None)
         watcher = None
