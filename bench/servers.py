@@ -164,6 +164,18 @@ SERVERS: list[Server] = [
         packages=("wsgiloop", "h11", "uvloop"),
     ),
     Server(
+        "wsgiloop-metrics",
+        lambda launch, app, port: [
+            *_wsgiloop(launch, app, port),
+            "--metrics-bind", f"{HOST}:0", "--statsd-host", f"{HOST}:9",
+        ],
+        apps=frozenset({"hello"}),
+        needs_wsgiloop=True,
+        packages=("wsgiloop", "h11", "uvloop"),
+        note="wsgiloop with Prometheus metrics and statsd on (to a port nobody reads); its "
+        "ratio to wsgiloop is what they cost",
+    ),
+    Server(
         "ceiling",
         _ceiling,
         apps=frozenset({"hello"}),

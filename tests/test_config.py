@@ -174,3 +174,25 @@ def test_log_config_file_routes_access_lines_to_a_file(spawn, tmp_path):
     assert len(lines) == 1
     assert lines[0].startswith("ACCESS 127.0.0.1 - - [")
     assert '"GET /logged HTTP/1.1" 200' in lines[0]
+
+
+def test_the_readme_option_table_is_written_from_the_declarations():
+    from wsgiloop import optionsdoc
+
+    readme = (ROOT / "README.md").read_text()
+    assert optionsdoc.rewrite(readme) == readme, (
+        "README.md's option table is stale: run python -m wsgiloop.optionsdoc README.md"
+    )
+
+
+def test_every_setting_has_a_flag_a_help_line_and_takes_every_source(tmp_path):
+    from wsgiloop.config import field_names, option_of
+
+    for name in field_names():
+        option = option_of(name)
+        assert option is not None and option.help, name
+    # chdir, once refused in the file and ignored in the environment, works in both.
+    conf = tmp_path / "c.toml"
+    conf.write_text('chdir = "/tmp"\n')
+    assert parse(["-c", str(conf), "m:a"]).chdir == "/tmp"
+    assert parse(["m:a"], {"WSGILOOP_CHDIR": "/srv"}).chdir == "/srv"

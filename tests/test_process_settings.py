@@ -4,11 +4,9 @@ Real processes; CI runs as root, so --user/--group really switch."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,20 +25,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})}
     return subprocess.run([sys.executable, "-m", "wsgiloop", *args], capture_output=True,
                           text=True, timeout=60, env=full, cwd=cwd)
-
-
-def get_unix(path: str) -> tuple[int, bytes]:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(10)
-    sock.connect(path)
-    conn = http.client.HTTPConnection("localhost", timeout=10)
-    conn.sock = sock
-    try:
-        conn.request("GET", "/")
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def require_root() -> None:

@@ -174,3 +174,12 @@ def test_without_the_option_a_proxy_line_is_a_bad_request(serve):
     sock.sendall(b"PROXY TCP4 203.0.113.7 10.0.0.1 40001 443\r\n" + GET)
     assert read_response(sock)[0] == 400
     sock.close()
+
+
+def test_a_header_field_over_the_field_size_limit_gets_431(serve):
+    server = serve(peer, limit_request_field_size=100)
+    sock = server.connect()
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 200 + b"\r\n\r\n")
+    assert read_response(sock)[0] == 431
+    sock.close()
+    assert ask(server, b"GET / HTTP/1.1\r\nHost: t\r\nX-Small: " + b"a" * 50 + b"\r\n\r\n")

@@ -269,7 +269,9 @@ class Config:
     # WSGI environ.
     root_path: str = setting("", flags=("--root-path",), group=ENVIRON,
                              help="SCRIPT_NAME of an app mounted under a URL prefix")
-    url_scheme: str = setting("http", group="")  # https with --certfile; not an option
+    url_scheme: str = setting(
+        "http", group="", help="http, or https with --certfile (not an option)"
+    )
     proxy_headers: bool = setting(False, flags=("--proxy-headers",), kind="on", group=ENVIRON,
                                   help="apply X-Forwarded-*/Forwarded from --forwarded-allow-ips")
     forwarded_allow_ips: list[str] = setting(

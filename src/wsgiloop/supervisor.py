@@ -135,16 +135,18 @@ class Supervisor:
         from .sockets import describe
 
         set_pid(os.getpid())
+        # Signals first: a SIGTERM sent as soon as the server says it listens is a stop, not
+        # the default action's kill (which would leave the pid file and the socket behind).
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in _SIGNALS:
+            signal.signal(sig, self._on_signal)
         self.listeners = open_sockets(self.config)  # ListenError: nothing started yet
         own_sockets(self.listeners.sockets, *self.ids)
         error_log.info("Starting wsgiloop supervisor (pid: %d)", os.getpid())
         for sock in self.listeners.sockets:
             error_log.info("Listening at: %s (%d)", describe(sock, self.config.url_scheme),
                            os.getpid())
-        os.set_blocking(self.wake_w, False)
-        signal.set_wakeup_fd(self.wake_w)
-        for sig in _SIGNALS:
-            signal.signal(sig, self._on_signal)
         self.hooks.run("when_ready", self.server)
         self.hooks.run("nworkers_changed", self.server, self.target, None)
         watcher = None
@@ -333,9 +335,9 @@ class Supervisor:
         self.age += 1
         view = WorkerView(self.config, self.age)
         self.hooks.run("pre_fork", self.server, view)
-        # Signals stay blocked across the fork until the child has reset their handlers: one
-        # caught by the supervisor's handler in the child (a SIGTERM that retires it while it
-        # boots) would otherwise be lost there, and the worker would never stop.
+        # Signals stay blocked across the fork: one that came between the fork and the child's
+        # reset of its handlers would run the supervisor's handler in the child, where it is
+        # lost, and a SIGTERM sent during a boot would leave that worker serving on.
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             pid = os.fork()
@@ -373,8 +375,8 @@ class Supervisor:
 
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked by _spawn for the fork
         os.close(self.wake_r)
         os.close(self.wake_w)
         set_pid(os.getpid())
