@@ -54,3 +54,25 @@ def test_an_extra_file_restarts_the_workers_too(spawn, tmp_path):
         or any("page.html changed: reloading" in line for line in server.log),
         timeout=30, interval=0.5,
     ), "".join(server.log)
+
+
+def test_a_syntax_error_in_the_edit_keeps_the_last_good_workers_serving(spawn, tmp_path):
+    module = tmp_path / "devapp.py"
+    write(module, b"v1")
+    server = spawn("devapp:app", "--bind", "127.0.0.1:0", "--reload", "--reload-engine", "poll",
+                   cwd=tmp_path)
+    assert wait_for(lambda: serves(server.port, b"v1"))
+    assert wait_for(lambda: any("(polling every" in line for line in server.log))
+    broken = APP.format(version=b"v2").replace("def app(", "def app(:")
+    assert wait_for(lambda: module.write_text(broken) < 0
+                    or any("devapp.py changed" in line for line in server.log),
+                    timeout=30, interval=0.5)
+    # The new worker cannot load it: logged, and the old one goes on answering v1.
+    assert wait_for(lambda: any("SyntaxError" in line for line in server.log), timeout=30), \
+        "".join(server.log)
+    for _ in range(5):
+        assert serves(server.port, b"v1")
+    assert server.proc.poll() is None
+    # Fixed: the next change loads.
+    assert wait_for(lambda: write(module, b"v3") or serves(server.port, b"v3"), timeout=30,
+                    interval=0.5), "".join(server.log)
