@@ -176,6 +176,14 @@ SERVERS: list[Server] = [
         "ratio to wsgiloop is what they cost",
     ),
     Server(
+        "wsgiloop-prom",
+        lambda launch, app, port: [*_wsgiloop(launch, app, port), "--metrics-bind", f"{HOST}:0"],
+        apps=frozenset({"hello"}),
+        needs_wsgiloop=True,
+        packages=("wsgiloop", "h11", "uvloop"),
+        note="wsgiloop with Prometheus metrics only",
+    ),
+    Server(
         "ceiling",
         _ceiling,
         apps=frozenset({"hello"}),
