@@ -25,7 +25,9 @@ The phases and what moves a connection between them::
 - ``PROXY``: with ``--proxy-protocol``, from a trusted balancer: waiting for its PROXY header
   (optional: plain HTTP moves on to ``NEW`` at once). Deadline: ``--header-timeout``.
 - ``NEW``: accepted, no byte yet. Deadline: ``--header-timeout``; then closed without a word.
-- ``IDLE``: between two requests of a keep-alive connection. Deadline: ``--keep-alive``.
+- ``IDLE``: between two requests of a keep-alive connection. Deadline: ``--keep-alive``; then
+  closed, or, once a graceful stop has begun, half-closed into ``LINGERING`` (a request sent
+  meanwhile is answered with ``Connection: close``), so a client never writes into a reset.
 - ``HEAD``: bytes of a request head are arriving. Deadline: ``--header-timeout``, then ``408``.
 - ``EXCHANGE``: the request is the app's, on a pool thread; its body (if any) streams in, its
   response streams out. Deadline: the earliest of the app's, the body's and the write's
