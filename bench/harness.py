@@ -47,7 +47,7 @@ from layout import (
     log,
     placement,
 )
-from load import IdleHolder, WrkResult, probe, run_wrk
+from load import IdleHolder, WrkResult, probe, run_wrk, wait_for_ports
 from processes import (
     CpuWatch,
     Memory,
@@ -83,6 +83,8 @@ def run_row(
 ) -> Row:
     """One workload against one fresh server; ``dirs`` = (scratch dir, server log dir)."""
     workdir, logs_dir = dirs
+    if "Connection: close" in load.headers:
+        wait_for_ports(log)
     port = free_port()
     argv = server.argv(setup.launch, load.app, str(port))
     row = Row(load.name, server.name, argv=argv)

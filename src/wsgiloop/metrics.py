@@ -321,6 +321,7 @@ class Metrics:
     def snapshot(self, pool: ThreadPool, hung: int, connections: int, idle: int) -> list[float]:
         """The vector now, its gauges filled in from the worker's pool and connections."""
         v = list(self.v)
+        v[_WAIT] += pool.started_at_once  # the first wait bucket: no wait at all
         v[_IN_FLIGHT] = pool.busy + pool.waiting
         v[_WAITING] = pool.waiting
         v[_BUSY] = pool.busy
