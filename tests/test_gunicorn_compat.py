@@ -139,3 +139,13 @@ def test_a_gunicorn_deployment_runs_with_wsgiloop(entry: Deployment, tmp_path: P
             server.proc.wait(10)
     log = Path(log_file).read_text() if log_file else "".join(server.log)
     assert "Traceback" not in log, log
+
+
+def test_gunicorn_settings_left_at_their_off_values_draw_no_note_and_no_refusal() -> None:
+    from wsgiloop.compat import Refused, judge
+
+    for name in ("proc_name", "spew", "daemon", "logger_class", "syslog", "ssl_version"):
+        assert judge(name, None) is None and judge(name, False) is None
+    assert (judge("spew", True) or "").startswith("--spew is ignored: wsgiloop has no line tracer")
+    with pytest.raises(Refused, match="--logger-class is not supported"):
+        judge("logger_class", "my.Logger")

@@ -104,8 +104,10 @@ ALIASES = {"logconfig_json": "log_config"}
 def judge(name: str, value: Any) -> str | None:
     """The info line for gunicorn setting ``name`` given ``value``; ``Refused`` if refused."""
     foreign = FOREIGN_BY_NAME[name]
-    if foreign.verdict == "refused-if-true" and not value:
-        return None  # set to what wsgiloop does anyway
+    if not value:
+        # False, None or empty (``proc_name = None``, ``spew = False``, as gunicorn's own
+        # example config sets them): it asks for nothing wsgiloop lacks, so nothing to say.
+        return None
     label = foreign.flags[-1] if foreign.flags else name
     if foreign.verdict != "ignored":
         raise Refused(f"{label} is not supported: {foreign.reason}")
