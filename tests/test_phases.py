@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import read_response
-from fuzz.sansio import Driver
+from fuzz.sansio import Driver, FakeTransport
 from test_supervisor import wait_for
 
 from wsgiloop import lifecycle, protocol
@@ -299,3 +299,33 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_the_app_thread_side_knows_nothing_of_the_protocol() -> None:
     package = Path(protocol.__file__).parent
     assert not imports_of(package / "wsgi.py") & {"protocol", "server", "state"}
+
+
+def test_an_idle_connection_holds_no_parser_and_a_get_only_one_no_body_queue() -> None:
+    # What an idle keep-alive connection costs in memory (bench's idle row): h11's Connection
+    # is made with the first byte of a request and dropped when its response ends with nothing
+    # behind it; the body queue is made for the first request that has a body.
+    driver = Driver()
+    proto = protocol.HttpProtocol(driver.state)
+    transport = FakeTransport()
+    try:
+        proto.connection_made(transport)  # type: ignore[arg-type]
+        assert proto.phase is NEW and proto.conn is None and proto.body is None
+        for _ in range(2):
+            proto.data_received(GET)
+            driver._settle(proto, transport, final=False)
+            assert proto.phase is IDLE and proto.conn is None and proto.body is None
+        proto.data_received(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+        driver._settle(proto, transport, final=False)
+        assert proto.phase is IDLE and proto.conn is None and proto.body is not None
+        # Half of a pipelined request behind a response keeps its parser, and its bytes.
+        proto.data_received(GET + GET[:10])
+        driver._settle(proto, transport, final=False)
+        assert proto.phase is HEAD and proto.conn is not None
+        proto.data_received(GET[10:])
+        driver._settle(proto, transport, final=False)
+        assert proto.phase is IDLE and proto.conn is None
+        assert transport.out.count(b"HTTP/1.1 200 ") == 5
+    finally:
+        proto.connection_lost(None)
+        driver.close()

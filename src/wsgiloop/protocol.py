@@ -109,6 +109,13 @@ class HttpProtocol(asyncio.Protocol):
         # connection closes under a running app).
         self.cycle: Cycle | None = None
         self.exchange: Exchange | None = None
+        # h11's parser of the request being read; made on its first byte and dropped once a
+        # response ends with nothing buffered behind it, so that an idle connection holds none
+        # (h11 keeps about 870 bytes per Connection).
+        self.conn: h11.Connection | None = None
+        # The request body's queue, made for the first request with a body: a connection that
+        # only ever GETs holds none.
+        self.body: RequestBody | None = None
         # The raw bytes of the head being read (strict framing checks them, see strict).
         self.head: bytes | bytearray = b""
         self.blank = 0  # bytes of empty lines skipped before this request-line (strict)
@@ -137,7 +144,6 @@ class HttpProtocol(asyncio.Protocol):
         state.connections.add(self)
         if state.metrics is not None:
             state.metrics.accepted()
-        self.conn = self._new_parser()
         self.transport.set_write_buffer_limits(  # type: ignore[union-attr]
             config.write_buffer_high, config.write_buffer_low
         )
@@ -150,9 +156,6 @@ class HttpProtocol(asyncio.Protocol):
         if state.proxy_protocol is not None and state.proxy_protocol.is_trusted(self.peer[0]):
             self.phase = PROXY  # a balancer's connection: its PROXY header comes first
         self.stream = ResponseStream(self.loop, self._flush, config.write_buffer_high)
-        self.body = RequestBody(
-            self.loop, config.body_buffer, self._resume_body, self._send_continue
-        )
         self.deadline = self.loop.time() + config.header_timeout  # NEW's deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -164,10 +167,13 @@ class HttpProtocol(asyncio.Protocol):
         # Wake a blocked app thread: its next write or read raises ClientDisconnected, so the
         # app's iterable is closed and its pool thread freed.
         self.stream.close()
-        self.body.close()
         # Their callbacks are bound methods of this protocol: without them, reference counting
         # frees a closed connection at once instead of leaving cycles to the cyclic GC.
-        self.stream.on_ready = self.body.request_more = self.body.on_first_read = _nothing
+        self.stream.on_ready = _nothing
+        body = self.body
+        if body is not None:
+            body.close()
+            body.request_more = body.on_first_read = _nothing
 
     def pause_writing(self) -> None:
         self.stream.pause()
@@ -235,6 +241,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._close()
                 return
             self._enter(HEAD)
+            self.conn = self._new_parser()
         elif phase is EXCHANGE or phase is DISCARDING:
             # Body bytes (or a pipelined request behind them): no head is being read.
             cycle = self.cycle
@@ -248,7 +255,7 @@ class HttpProtocol(asyncio.Protocol):
                 if reason is not None:
                     self._client_error(400, reason)
                     return
-            self.conn.receive_data(data)
+            self.conn.receive_data(data)  # type: ignore[union-attr]  # an exchange has one
             self._pump()
             return
         else:
@@ -266,7 +273,7 @@ class HttpProtocol(asyncio.Protocol):
             head += data  # a head dribbling in: amortised appends, not quadratic copies
         else:
             self.head = bytearray(head) + data
-        self.conn.receive_data(data)
+        self.conn.receive_data(data)  # type: ignore[union-attr]  # HEAD has one
         self._pump()
 
     def _proxy_bytes(self, data: bytes) -> None:
@@ -313,7 +320,11 @@ class HttpProtocol(asyncio.Protocol):
         ):
             self._client_error(400, "peer closed the connection before the end of the body")
             return False
-        self.conn.receive_data(b"")  # delimited: only noted, for the next parser's turn
+        conn = self.conn
+        if conn is None:  # NEW or IDLE (or PROXY): nothing asked, nothing to answer
+            self._close()
+            return False
+        conn.receive_data(b"")  # delimited: only noted, for the next parser's turn
         self._pump()
         # Keep the write side open while a response is still to be sent (half-close).
         return self.phase is EXCHANGE
@@ -341,10 +352,11 @@ class HttpProtocol(asyncio.Protocol):
         if cycle is not None and cycle.delimited:
             return  # h11 holds the next request (if any) until this exchange ends
         conn = self.conn
+        assert conn is not None
         body = self.body
         while True:
             phase = self.phase
-            if phase is EXCHANGE and not body.wants_data():
+            if phase is EXCHANGE and body is not None and not body.wants_data():
                 self._pause_reading()  # request-body backpressure: the app reads too slowly
                 return
             if conn.their_state is _MUST_CLOSE:
@@ -369,11 +381,13 @@ class HttpProtocol(asyncio.Protocol):
                         self._linger()
                         return
                 else:
+                    assert body is not None  # a body came: not bodiless
                     body.feed(data)
                     cycle.body_seen = self.loop.time()
                     self._arm()
             elif kind is _Request:
                 self._on_request(event)  # type: ignore[arg-type]
+                body = self.body  # made for the first request with a body
                 cycle = self.cycle
                 if self.phase is not EXCHANGE or cycle.bodiless or cycle.delimited:  # type: ignore[union-attr]
                     # Answered on the loop (an error: the connection is closing); or nothing
@@ -384,7 +398,8 @@ class HttpProtocol(asyncio.Protocol):
                 if phase is DISCARDING:
                     self._start_next_cycle()
                     return
-                body.feed_eof()
+                if body is not None and not cycle.bodiless:  # type: ignore[union-attr]
+                    body.feed_eof()
                 self._arm()
                 if not _buffered(conn):
                     return  # the usual case: next_event would only say NEED_DATA
@@ -404,6 +419,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         config = state.config
         conn = self.conn
+        assert conn is not None
         self.cycle = cycle = Cycle(request.method == b"HEAD")
         self.blank = 0
         if request.http_version not in (b"1.1", b"1.0"):
@@ -473,8 +489,13 @@ class HttpProtocol(asyncio.Protocol):
             wsgi_input: InputStream | EmptyInput = EMPTY_INPUT  # self.body is left as it is
         else:
             cycle.awaiting_continue = conn.they_are_waiting_for_100_continue
-            self.body.reset(True, cycle.awaiting_continue, config.max_body_size)
-            wsgi_input = InputStream(self.body)
+            body = self.body
+            if body is None:
+                body = self.body = RequestBody(
+                    self.loop, config.body_buffer, self._resume_body, self._send_continue
+                )
+            body.reset(True, cycle.awaiting_continue, config.max_body_size)
+            wsgi_input = InputStream(body)
         try:
             environ = request_environ(
                 self.base_environ, request, wsgi_input, config.root_path, fields, self.peer
@@ -508,7 +529,7 @@ class HttpProtocol(asyncio.Protocol):
         assert cycle is not None
         if cycle.delimited:
             return cycle.awaiting_continue
-        return self.conn.they_are_waiting_for_100_continue
+        return self.conn.they_are_waiting_for_100_continue  # type: ignore[union-attr]
 
     def _delimit(self, length: int) -> None:
         """Take over a Content-Length body from h11: exactly ``length`` bytes, counted here.
@@ -521,7 +542,7 @@ class HttpProtocol(asyncio.Protocol):
         """
         cycle = self.cycle
         assert cycle is not None
-        buffered, closed = self.conn.trailing_data
+        buffered, closed = self.conn.trailing_data  # type: ignore[union-attr]
         self.conn = self._new_parser()
         cycle.delimited = True
         cycle.length_left = length
@@ -539,10 +560,12 @@ class HttpProtocol(asyncio.Protocol):
             # The next request, pipelined: parsed once this exchange ends. Reading pauses, so
             # at most this one read waits here.
             rest = data[left:]
-            if (rest[0] == 13 or self.blank) and not self.conn.trailing_data[0]:
+            conn = self.conn
+            assert conn is not None  # _delimit made it
+            if (rest[0] == 13 or self.blank) and not conn.trailing_data[0]:
                 rest, self.blank = skip_empty_lines(rest, self.blank)  # RFC 9112 2.2
             if rest:  # (receive_data(b"") would mean EOF)
-                self.conn.receive_data(rest)
+                conn.receive_data(rest)
             self._pause_reading()
             data = data[:left]
             if not data:
@@ -558,6 +581,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._linger()
             return
         body = self.body
+        assert body is not None  # a delimited body is a body
         body.feed(data)
         if not left:
             body.feed_eof()
@@ -662,7 +686,7 @@ class HttpProtocol(asyncio.Protocol):
             unread = cycle.length_left > 0
             done = not unread
         else:
-            theirs = self.conn.their_state
+            theirs = self.conn.their_state  # type: ignore[union-attr]
             unread = theirs is _SEND_BODY and not cycle.bodiless
             # MUST_CLOSE with keep-alive: an HTTP/1.0 client that asked for it (h11 never keeps
             # 1.0 alive; it parses one request, and a fresh parser takes the next).
@@ -672,7 +696,7 @@ class HttpProtocol(asyncio.Protocol):
         elif keep_alive and unread:
             # The app did not read the whole body: drop the rest (bounded) to reach the next
             # request, rather than closing a keep-alive connection over a small leftover.
-            self.body.close()
+            self.body.close()  # type: ignore[union-attr]  # a body is unread: there is one
             self._enter(DISCARDING)
             self._resume_reading()
             self._pump()
@@ -685,7 +709,9 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
 
     def _start_next_cycle(self) -> None:
-        buffered, closed = self.conn.trailing_data
+        conn = self.conn
+        assert conn is not None
+        buffered, closed = conn.trailing_data
         cycle = self.cycle
         assert cycle is not None
         if not cycle.delimited:
@@ -693,14 +719,17 @@ class HttpProtocol(asyncio.Protocol):
             # next cycle is not available, and a new Connection costs less than one anyway.
             # (After a delimited body, the parser _delimit made holds what followed the body
             # and has parsed nothing yet: it takes the next request as it is.)
-            self.conn = conn = self._new_parser()
             if buffered[:1] == b"\r" or self.blank:  # empty lines before it (RFC 9112 2.2)
                 buffered, self.blank = skip_empty_lines(buffered, self.blank)
-            if buffered:
-                conn.receive_data(buffered)
-            if closed:
-                conn.receive_data(b"")
+            if buffered or closed:
+                conn = self._new_parser()
+                if buffered:
+                    conn.receive_data(buffered)
+                if closed:
+                    conn.receive_data(b"")
         self.cycle = None
+        # Nothing behind this request: the next one gets its parser with its first byte.
+        self.conn = conn if buffered or closed else None
         # A pipelined request h11 already holds: its head is checked like any other.
         self.head = buffered
         self._enter(HEAD if buffered else IDLE)
@@ -746,7 +775,7 @@ class HttpProtocol(asyncio.Protocol):
                 self.cycle,  # type: ignore[arg-type]
                 self.state.config,
                 self.reading,
-                self.body.complete,
+                self.body is None or self.body.complete,
                 self.write_paused,
             )
 
@@ -786,7 +815,8 @@ class HttpProtocol(asyncio.Protocol):
         cycle = self.cycle
         assert cycle is not None
         self.stream.close()
-        self.body.close()
+        if self.body is not None:
+            self.body.close()
         if cycle.responded:
             self._abort()
             return

@@ -257,8 +257,8 @@ class Driver:
             self._spin()
             if not self.pool.jobs:
                 return
-            body = proto.body
-            if not (final or body.complete or body._closed or transport.closing):
+            body = proto.body  # None: no request with a body yet on this connection
+            if not (final or body is None or body.complete or body._closed or transport.closing):
                 return
             fn, arg = self.pool.jobs.popleft()
             fn(arg)
