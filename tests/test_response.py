@@ -359,3 +359,24 @@ def test_memo_is_bounded():
     for i in range(response_module._HEADS_MAX * 2):
         head_of("200 OK", [("X-N", str(i))])
     assert len(response_module._HEADS) <= response_module._HEADS_MAX
+
+
+def test_a_header_the_server_adds_to_one_response_is_not_in_the_next_with_the_same_start() -> None:
+    # start_response results are cached by what the app passed: each response still gets its
+    # own list, so the Content-Length the server adds to a list body stays with that response.
+    first = Response([])
+    first.start_response("200 OK", [("Content-Type", "text/plain")])
+    first.headers.append((b"Content-Length", b"5"))
+    second = Response([])
+    second.start_response("200 OK", [("Content-Type", "text/plain")])
+    assert second.headers == [(b"Content-Type", b"text/plain")]
+    assert second.content_length is None
+    assert second.head().framing == CHUNKED
+
+
+def test_a_cached_start_is_still_refused_when_its_headers_are_not_tuples() -> None:
+    good = Response([])
+    good.start_response("200 OK", [("Content-Type", "text/plain")])
+    bad = Response([])
+    with pytest.raises(TypeError, match="tuple"):
+        bad.start_response("200 OK", [["Content-Type", "text/plain"]])  # type: ignore[list-item]

@@ -189,6 +189,9 @@ class Cycle:
         )
 
 
+_NEVER = float("inf")
+
+
 def exchange_deadline(
     cycle: Cycle,
     config: Config,
@@ -205,9 +208,9 @@ def exchange_deadline(
     - the client must read some of the response within ``--write-timeout`` once the transport
       has paused the app (``write_paused``, the moment it did; 0.0: not paused).
     """
-    deadline = cycle.app_deadline or float("inf")
+    deadline = cycle.app_deadline or _NEVER
     if reading and not cycle.bodiless and not body_complete and config.body_timeout:
         deadline = min(deadline, cycle.body_seen + config.body_timeout)
     if write_paused and config.write_timeout:
         deadline = min(deadline, write_paused + config.write_timeout)
-    return 0.0 if deadline == float("inf") else deadline
+    return 0.0 if deadline == _NEVER else deadline

@@ -268,18 +268,38 @@ class Metrics:
         v[_END - 1] += seconds  # the first_byte series' sum
         v[_SENT] += len(head.data)
 
-    def exchange_ended(self, exchange: Exchange, complete: bool) -> None:
-        """An app request's pool job ended; ``complete``: its response went out whole."""
+    def exchange_ended(self, exchange: Exchange, complete: bool, head: Head | None = None) -> None:
+        """An app request's pool job ended; ``complete``: its response went out whole.
+
+        ``head``: the response head, when it left in the same write as the end (a list body, the
+        usual case), and ``head_sent`` was not called: its first byte and its end are then one
+        moment, counted with one clock read in both duration series.
+        """
         v = self.v
-        v[_SENT] += exchange.sent
-        if complete:
+        if head is None:
+            v[_SENT] += exchange.sent
+            if not complete:
+                return
             seconds = _monotonic() - exchange.started
-            v[_END + bisect_left(DURATION_BUCKETS, seconds)] += 1
-            v[_END + len(DURATION_BUCKETS) + 1] += seconds
-            seen = self.requests_seen
-            if seen < SAMPLES:
-                self.durations[seen] = seconds * 1000.0
-            self.requests_seen = seen + 1
+            bucket = bisect_left(DURATION_BUCKETS, seconds)
+        else:
+            code = head.status
+            method = _METHOD_INDEX.get(exchange.environ["REQUEST_METHOD"], _OTHER_METHOD)
+            v[_REQUESTS + method + min(code // 100, 5) - 1] += 1
+            self.codes[code] += 1
+            v[_SENT] += len(head.data) + exchange.sent
+            seconds = _monotonic() - exchange.started
+            bucket = bisect_left(DURATION_BUCKETS, seconds)
+            v[_DURATION + bucket] += 1
+            v[_END - 1] += seconds  # the first_byte series' sum
+            if not complete:
+                return
+        v[_END + bucket] += 1
+        v[_END + len(DURATION_BUCKETS) + 1] += seconds
+        seen = self.requests_seen
+        if seen < SAMPLES:
+            self.durations[seen] = seconds * 1000.0
+        self.requests_seen = seen + 1
 
     def waited(self, seconds: float) -> None:
         """A request got a thread after ``seconds`` (0.0: one was free). Called by the pool."""

@@ -58,6 +58,7 @@ from .wsgi import Exchange, WSGIApp
 if TYPE_CHECKING:
     from .config import Config
     from .hooks import RequestHooks
+    from .response import Head
     from .state import ServerState
 
 _Connection = h11.Connection
@@ -618,16 +619,22 @@ class HttpProtocol(asyncio.Protocol):
             if end or abort:
                 self._end_exchange()
             return
+        counted = None  # a head whose metrics wait for the end in this same batch
         if head is not None:
             cycle = self.cycle
             exchange = self.exchange
             assert cycle is not None and exchange is not None
             cycle.responded = True
-            if self.state.metrics is not None:
-                self.state.metrics.head_sent(exchange, head)
+            metrics = self.state.metrics
+            if metrics is not None:
+                if end and not abort:
+                    counted = head  # one clock read for its first byte and its end
+                else:
+                    metrics.head_sent(exchange, head)
             if cycle.app_deadline:
                 cycle.app_deadline = 0.0  # the app answered in time
-                self._arm()
+                if not end:  # else the next phase (_end_exchange) sets its own deadline
+                    self._arm()
             if cycle.keeps_alive(
                 head,
                 head.framing is UNTIL_CLOSE and not exchange.head_only,
@@ -646,7 +653,7 @@ class HttpProtocol(asyncio.Protocol):
         if abort:
             self._abort()
         if end or abort:
-            self._end_exchange()
+            self._end_exchange(counted)
 
     def _drain_then_grant(self) -> None:
         transport = self.transport
@@ -665,8 +672,10 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.set_write_buffer_limits(config.write_buffer_high, config.write_buffer_low)
         self.stream.grant()
 
-    def _end_exchange(self) -> None:
-        """The response is complete (or aborted): free the pool slot, go on or close."""
+    def _end_exchange(self, head: Head | None = None) -> None:
+        """The response is complete (or aborted): free the pool slot, go on or close.
+
+        ``head``: the response's head, written with the end, for the metrics to count both."""
         exchange = self.exchange
         self.exchange = None
         self.state.job_done(exchange is not None and exchange.timed_out)
@@ -674,7 +683,7 @@ class HttpProtocol(asyncio.Protocol):
         assert transport is not None
         complete = self.phase is EXCHANGE and not transport.is_closing()
         if self.state.metrics is not None and exchange is not None:
-            self.state.metrics.exchange_ended(exchange, complete)
+            self.state.metrics.exchange_ended(exchange, complete, head)
         if not complete:
             return  # closed under the app (gone, timed out, aborted)
         cycle = self.cycle

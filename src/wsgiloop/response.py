@@ -68,6 +68,11 @@ class Head:
         self.status = status  # the code on the status line (for the metrics)
 
 
+#: (status, app headers...) as the app passed them to start_response → (code, reason, encoded
+#: headers, Content-Length), already checked: an app sends the same few heads over and over, and
+#: the encoded headers, being the same objects each time, then hash at no cost in ``_HEADS``.
+_STARTS: dict[tuple[Any, ...], tuple[int, bytes, tuple[tuple[bytes, bytes], ...], int | None]] = {}
+_STARTS_MAX = 256
 #: (status, HTTP/1.1?, app headers..., server headers...) → Head, for heads that repeat. Shared by
 #: the pool threads: single dict operations are atomic, and a lost insert only costs a miss.
 _HEADS: dict[tuple[Any, ...], Head] = {}
@@ -115,8 +120,19 @@ class Response:
                 exc_info = None  # break the traceback reference cycle
         elif self.status:
             raise RuntimeError("start_response() called a second time without exc_info")
-        self.status_code, self.reason = _parse_status(status)
-        self.headers, self.content_length = _encode_headers(headers)
+        try:
+            start = _STARTS.get((status, *headers))
+        except TypeError:  # not iterable, or an unhashable item: _encode_headers says which
+            start = None
+        if start is None:
+            code, reason = _parse_status(status)
+            encoded, length = _encode_headers(headers)
+            start = (code, reason, tuple(encoded), length)
+            if len(_STARTS) >= _STARTS_MAX:
+                _STARTS.clear()  # bounded: e.g. a Content-Length per response size
+            _STARTS[(status, *headers)] = start
+        self.status_code, self.reason, encoded_headers, self.content_length = start
+        self.headers = list(encoded_headers)  # its own: a Content-Length may be appended
         self.status = status
 
     def head(self, http11: bool = True) -> Head:

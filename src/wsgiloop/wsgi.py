@@ -281,8 +281,11 @@ class Exchange:
                 spooled = spool_chunked_body(self.environ, config.body_buffer)
             result = channel.app(self.environ, self.start_response)
             if type(result) is list or type(result) is tuple:
-                chunks = [c if type(c) is bytes else _as_bytes(c) for c in result]
-                chunks = [c for c in chunks if c]
+                if len(result) == 1 and type(result[0]) is bytes:  # the usual: one block
+                    chunks = [result[0]] if result[0] else []
+                else:
+                    chunks = [c if type(c) is bytes else _as_bytes(c) for c in result]
+                    chunks = [c for c in chunks if c]
                 if self.response.content_length is None:
                     _set_known_length(self.response, chunks, self.head_only)
                 self._push(chunks, end=True)
