@@ -27,6 +27,7 @@ _SPECIAL_KEYS: dict[bytes, str | None] = {
     # Hop-by-hop framing is the server's business; apps see wsgi.input_terminated instead.
     b"transfer-encoding": None,
 }
+_PROTOCOLS: dict[bytes, str] = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 # Header name, as the client spelled it → environ key.
 _KEY_CACHE: dict[bytes, str | None] = {}
 _KEY_CACHE_MAX = 512
@@ -170,18 +171,23 @@ def request_environ(
         else:
             raw_path, query = split_target(target)
             end = _authority_end(target)
-    path = decode_path(raw_path)
+    path = unquote_to_bytes(raw_path).decode("latin-1") if b"%" in raw_path else raw_path.decode(
+        "latin-1"
+    )  # decode_path, inlined: one call less per request
     if script_name and (path == script_name or path.startswith(script_name + "/")):
         path = path[len(script_name) :]
     environ["REQUEST_METHOD"] = request.method.decode("ascii")
     environ["PATH_INFO"] = path
     environ["QUERY_STRING"] = query.decode("latin-1")
     environ["RAW_URI"] = raw_target.decode("latin-1")
-    environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode("ascii")
+    version = request.http_version
+    environ["SERVER_PROTOCOL"] = _PROTOCOLS.get(version) or "HTTP/" + version.decode("ascii")
     environ["wsgi.input"] = wsgi_input
-    get_key = _environ_key
+    cached_key = _KEY_CACHE.get
     for name, value in request.headers.raw_items() if fields is None else fields:
-        key = get_key(name)
+        key = cached_key(name, "")
+        if key == "":
+            key = _environ_key(name)
         if key is None:
             continue
         text = value.decode("latin-1")

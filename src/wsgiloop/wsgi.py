@@ -145,9 +145,13 @@ class Exchange:
         framing = response.framing
         if framing is LENGTH:
             length: int = response.content_length  # type: ignore[assignment]
-            chunks = self._clip(chunks, length)
+            total = 0
             for data in chunks:
-                self.sent += len(data)
+                total += len(data)
+            if self.sent + total > length:
+                chunks = self._clip(chunks, length)  # rare: past its Content-Length
+                total = sum(len(data) for data in chunks)
+            self.sent += total
             if end and self.sent < length:
                 # The client would wait for the missing bytes forever, or take the next response
                 # for them: the response is broken, and only dropping the connection says so.
@@ -273,10 +277,10 @@ class Exchange:
             channel.release(self)
             return
         hooks = channel.request_hooks
+        config = channel.config
         try:
             if hooks is not None:
                 hooks.before(self.environ)
-            config = channel.config
             if config.spool_chunked_body:
                 spooled = spool_chunked_body(self.environ, config.body_buffer)
             result = channel.app(self.environ, self.start_response)
@@ -312,7 +316,8 @@ class Exchange:
             # forever on a response nobody will send (the pool thread lives on regardless).
             ended = self._fail(exc)
         finally:
-            if result is not None and hasattr(result, "close"):
+            # (A list has no close(): asking would raise and swallow an AttributeError.)
+            if result is not None and type(result) is not list and hasattr(result, "close"):
                 try:
                     result.close()
                 except Exception:
@@ -332,7 +337,7 @@ class Exchange:
             if access_log.isEnabledFor(logging.INFO):
                 status = self.response.status if self.response.headers_sent else "-"
                 log_access(
-                    channel.config.access_log_format,
+                    config.access_log_format,
                     self.environ,
                     status,
                     self.sent,
