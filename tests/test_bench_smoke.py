@@ -9,6 +9,7 @@ that rows which must not exist (the ceiling on a non-hello app, a single-process
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -68,3 +69,36 @@ def test_bench_smoke_with_two_workers_runs_a_supervisor_and_leaves_single_proces
     assert len(row["processes"]) >= 3  # the supervisor and its two workers
     assert report["meta"]["workers"] == 2
     assert "2 worker processes per server" in stdout
+
+
+def test_every_instruction_count_case_serves_its_requests_in_process():
+    # The driver asserts that responses were written (and closed, per connection); a broken
+    # case would count the instructions of an error path instead of a request's.
+    path = ROOT / "bench" / "instructions.py"
+    spec = importlib.util.spec_from_file_location("instructions", path)
+    assert spec is not None and spec.loader is not None
+    instructions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(instructions)
+    for case in instructions.CASES:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "instructions.py"), "--inner", case, "50"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        assert out.returncode == 0, (case, out.stderr[-2000:])
+
+
+def test_instructions_per_request_are_counted_under_valgrind():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "instructions.py"), "--cases", "wsgiloop,ceiling",
+         "-n", "100"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| wsgi")
+            or line.startswith("| ceiling")]  # fmt: skip
+    counts = {row[1].strip(): float(row[2].replace(",", "")) for row in rows}
+    assert set(counts) == {"wsgiloop", "ceiling"}
+    # Any real request costs tens of thousands of instructions; zero or negative would mean
+    # the two runs did not differ by the requests (a broken driver).
+    assert counts["wsgiloop"] > 10_000 and counts["ceiling"] > 10_000, counts
+    assert "x wsgiloop" in out.stdout  # the ceiling's ratio to wsgiloop

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import sys
 import threading
 from typing import Any
@@ -376,6 +377,20 @@ def test_app_sees_server_and_remote_addresses(serve, recorder):
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("127.0.0.1", str(server.port))
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("127.0.0.1", str(client[1]))
     assert env["HTTP_HOST"] == "whatever"
+
+
+def test_a_wildcard_bind_gives_each_connection_the_address_its_client_reached(serve, recorder):
+    # One listener on every address: SERVER_NAME is the local address of each connection (the
+    # whole of 127/8 is loopback on Linux), not one fixed for the listener, as it is for a
+    # listener bound to one address (asked once when it starts, not once per connection).
+    server = serve(recorder, bind=["0.0.0.0:0"])
+    seen = []
+    for local in ("127.0.0.1", "127.0.0.2"):
+        with socket.create_connection((local, server.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(sock)[0] == 200
+        seen.append((recorder.last["SERVER_NAME"], recorder.last["SERVER_PORT"]))
+    assert seen == [("127.0.0.1", str(server.port)), ("127.0.0.2", str(server.port))]
 
 
 def test_each_connection_sees_its_own_remote_port_though_the_base_environ_is_shared(

@@ -183,6 +183,7 @@ CUMULATIVE: Final = tuple(
 _REQUESTS = BY_NAME["requests_total"].offset
 _DURATION = BY_NAME["request_duration_seconds"].offset
 _END = _DURATION + len(DURATION_BUCKETS) + 2  # the until="end" series
+_END_SUM = _END + len(DURATION_BUCKETS) + 1
 _WAIT = BY_NAME["request_wait_seconds"].offset
 _WAIT_SUM = _WAIT + len(WAIT_BUCKETS) + 1
 _IN_FLIGHT = BY_NAME["requests_in_flight"].offset
@@ -202,8 +203,13 @@ _CPU = BY_NAME["process_cpu_seconds_total"].offset
 _RSS = BY_NAME["process_resident_memory_bytes"].offset
 _FDS = BY_NAME["process_open_fds"].offset
 
-_METHOD_INDEX: Final = {name: i * len(STATUS_CLASSES) for i, name in enumerate(METHODS)}
+#: REQUEST_METHOD → where its requests_total series start; a status code → its class's place
+#: among them (1xx first; 6xx-9xx count with 5xx): two lookups per response, no arithmetic.
+_METHOD_INDEX: Final = {
+    name: _REQUESTS + i * len(STATUS_CLASSES) for i, name in enumerate(METHODS)
+}
 _OTHER_METHOD: Final = _METHOD_INDEX["other"]
+_STATUS_CLASS: Final = [min(code // 100, 5) - 1 for code in range(1000)]
 _REFUSAL_INDEX: Final = {
     status: _REFUSED + list(dict.fromkeys(REFUSALS.values())).index(reason)
     for status, reason in REFUSALS.items()
@@ -261,7 +267,7 @@ class Metrics:
         v = self.v
         code = head.status
         method = _METHOD_INDEX.get(exchange.environ["REQUEST_METHOD"], _OTHER_METHOD)
-        v[_REQUESTS + method + min(code // 100, 5) - 1] += 1
+        v[method + _STATUS_CLASS[code]] += 1
         self.codes[code] += 1
         seconds = _monotonic() - exchange.started
         v[_DURATION + bisect_left(DURATION_BUCKETS, seconds)] += 1
@@ -285,7 +291,7 @@ class Metrics:
         else:
             code = head.status
             method = _METHOD_INDEX.get(exchange.environ["REQUEST_METHOD"], _OTHER_METHOD)
-            v[_REQUESTS + method + min(code // 100, 5) - 1] += 1
+            v[method + _STATUS_CLASS[code]] += 1
             self.codes[code] += 1
             v[_SENT] += len(head.data) + exchange.sent
             seconds = _monotonic() - exchange.started
@@ -295,7 +301,7 @@ class Metrics:
             if not complete:
                 return
         v[_END + bucket] += 1
-        v[_END + len(DURATION_BUCKETS) + 1] += seconds
+        v[_END_SUM] += seconds
         seen = self.requests_seen
         if seen < SAMPLES:
             self.durations[seen] = seconds * 1000.0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h11
 
@@ -73,6 +73,7 @@ _SEND_BODY = h11.SEND_BODY
 _MUST_CLOSE = h11.MUST_CLOSE
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_ASK_SOCKET: dict[str, Any] = {}  # base_environ until connection_made asks the socket
 _NO_PEER = ("", "")  # a Unix socket: the proxy in front knows the client (see proxy)
 
 
@@ -99,8 +100,12 @@ class HttpProtocol(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, base_environ: dict[str, Any] | None = None) -> None:
         self.state = state
+        # The environ keys shared by the connections of one local address: given by the server
+        # when its listener has only one (a specific address, or a Unix socket), else looked up
+        # per connection (a wildcard bind: the address the client reached) in connection_made.
+        self.base_environ = _ASK_SOCKET if base_environ is None else base_environ
         self.loop = state.loop
         self.transport: asyncio.Transport | None = None
         self.phase: Phase = NEW  # changed only by _enter
@@ -149,10 +154,11 @@ class HttpProtocol(asyncio.Protocol):
             config.write_buffer_high, config.write_buffer_low
         )
         peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
-        # The environ keys that do not change per request are shared by every connection to the
-        # same local address; only the client's address is this connection's own.
-        self.base_environ = state.base_environ(sock[:2] if isinstance(sock, tuple) else None)
+        if self.base_environ is _ASK_SOCKET:
+            # The environ keys that do not change per request are shared by every connection to
+            # the same local address; only the client's address is this connection's own.
+            sock = transport.get_extra_info("sockname")
+            self.base_environ = state.base_environ(sock[:2] if isinstance(sock, tuple) else None)
         self.peer = (peer[0], str(peer[1])) if isinstance(peer, tuple) else _NO_PEER
         if state.proxy_protocol is not None and state.proxy_protocol.is_trusted(self.peer[0]):
             self.phase = PROXY  # a balancer's connection: its PROXY header comes first

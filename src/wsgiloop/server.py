@@ -20,6 +20,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .config import DEFAULT_BIND, Config
@@ -143,8 +144,12 @@ class Server:
         config = self.config
         self._tls = tls = tls_context(config)
         for sock in sockets:
+            base = _listener_environ(state, sock)
             server = await loop.create_server(
-                lambda: HttpProtocol(state), sock=sock, backlog=config.backlog, ssl=tls
+                lambda base=base: HttpProtocol(state, base),
+                sock=sock,
+                backlog=config.backlog,
+                ssl=tls,
             )
             self._servers.append(server)
         if state.metrics is not None:
@@ -420,3 +425,16 @@ def _on_abort(server: Server) -> None:
         server.config.hooks.run("worker_abort", server.worker)
     logging.shutdown()
     os._exit(1)
+
+
+def _listener_environ(state: ServerState, sock: socket.socket) -> dict[str, Any] | None:
+    """The base environ of every connection ``sock`` accepts, when they all share one local
+    address (a Unix socket, or TCP bound to one address): asked once here instead of with a
+    ``getsockname`` per connection. None for a wildcard bind, whose connections each have the
+    address the client reached."""
+    if sock.family == socket.AF_UNIX:
+        return state.base_environ(None)
+    local = sock.getsockname()
+    if local[0] in ("0.0.0.0", "::"):
+        return None
+    return state.base_environ(local[:2])
