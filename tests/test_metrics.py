@@ -461,3 +461,59 @@ def test_metrics_listener_serves_on_a_unix_socket(spawn, tmp_path):
         status, headers, body = read_response(sock)
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     assert value(parse(body.decode()), "wsgiloop_threads") > 0
+
+
+def test_folded_histograms_count_each_duration_in_the_bucket_bisect_would_and_sum_them(
+    monkeypatch,
+):
+    # The hot path appends durations; a snapshot folds them (sorted, one bisect per edge). The
+    # folded vector must be what counting each duration at once would give: bounds are "le",
+    # so a duration equal to a bound is in that bound's bucket.
+    from bisect import bisect_left
+
+    from wsgiloop import metrics as metrics_module
+    from wsgiloop.metrics import _DURATION, _END, _WAIT, DURATION_BUCKETS, WAIT_BUCKETS
+    from wsgiloop.pool import ThreadPool
+    from wsgiloop.response import Head
+
+    class Ended:
+        def __init__(self) -> None:
+            self.environ = {"REQUEST_METHOD": "GET"}
+            self.sent = 10
+            self.started = 0.0
+
+    metrics = Metrics()
+    durations = [0.0, 0.005, 0.0051, 0.3, 1.0, 61.0, 0.004]
+    waits = [0.0, 0.001, 0.0011, 40.0]
+    head = Head(b"HTTP/1.1 200 OK\r\n", 1, False, 200)
+    now = [0.0]
+    monkeypatch.setattr(metrics_module, "_monotonic", lambda: now[0])
+    for i, seconds in enumerate(durations):
+        ended = Ended()  # started at 0.0: the clock reads the duration itself
+        now[0] = seconds
+        # alternately: head and end in one write, and head first then the end
+        if i % 2:
+            metrics.exchange_ended(ended, True, head)
+        else:
+            metrics.head_sent(ended, head)
+            metrics.exchange_ended(ended, True)
+    for seconds in waits:
+        metrics.waited(seconds)
+    v = metrics.snapshot(ThreadPool(2), 0, 0, 0)
+
+    def expected(bounds, values):
+        counts = [0] * (len(bounds) + 1)
+        for x in values:
+            counts[bisect_left(bounds, x)] += 1
+        return counts
+
+    n = len(DURATION_BUCKETS) + 1
+    assert v[_DURATION : _DURATION + n] == expected(DURATION_BUCKETS, durations)
+    assert v[_END : _END + n] == expected(DURATION_BUCKETS, durations)
+    assert v[_DURATION + n] == v[_END + n] == pytest.approx(sum(durations))
+    assert v[_WAIT : _WAIT + len(WAIT_BUCKETS) + 1] == expected(WAIT_BUCKETS, waits)
+    assert v[_WAIT + len(WAIT_BUCKETS) + 1] == pytest.approx(sum(waits))
+    samples, seen = metrics.take_durations()
+    assert seen == len(durations)
+    assert sorted(round(ms) for ms in samples) == sorted(round(s * 1000) for s in durations)
+    assert metrics.snapshot(ThreadPool(2), 0, 0, 0)[_END : _END + n] == v[_END : _END + n]
