@@ -171,9 +171,7 @@ def request_environ(
         else:
             raw_path, query = split_target(target)
             end = _authority_end(target)
-    path = unquote_to_bytes(raw_path).decode("latin-1") if b"%" in raw_path else raw_path.decode(
-        "latin-1"
-    )  # decode_path, inlined: one call less per request
+    path = decode_path(raw_path)
     if script_name and (path == script_name or path.startswith(script_name + "/")):
         path = path[len(script_name) :]
     environ["REQUEST_METHOD"] = request.method.decode("ascii")
@@ -183,11 +181,9 @@ def request_environ(
     version = request.http_version
     environ["SERVER_PROTOCOL"] = _PROTOCOLS.get(version) or "HTTP/" + version.decode("ascii")
     environ["wsgi.input"] = wsgi_input
-    cached_key = _KEY_CACHE.get
+    get_key = _environ_key
     for name, value in request.headers.raw_items() if fields is None else fields:
-        key = cached_key(name, "")
-        if key == "":
-            key = _environ_key(name)
+        key = get_key(name)
         if key is None:
             continue
         text = value.decode("latin-1")
