@@ -120,17 +120,19 @@ class Response:
                 exc_info = None  # break the traceback reference cycle
         elif self.status:
             raise RuntimeError("start_response() called a second time without exc_info")
+        key: tuple[Any, ...] = ()
         try:
-            start = _STARTS.get((status, *headers))
+            key = (status, *headers)
+            start = _STARTS.get(key)
         except TypeError:  # not iterable, or an unhashable item: _encode_headers says which
             start = None
         if start is None:
             code, reason = _parse_status(status)
-            encoded, length = _encode_headers(headers)
+            encoded, length = _encode_headers(headers)  # raises for what made the key fail
             start = (code, reason, tuple(encoded), length)
             if len(_STARTS) >= _STARTS_MAX:
                 _STARTS.clear()  # bounded: e.g. a Content-Length per response size
-            _STARTS[(status, *headers)] = start
+            _STARTS[key] = start
         self.status_code, self.reason, encoded_headers, self.content_length = start
         self.headers = list(encoded_headers)  # its own: a Content-Length may be appended
         self.status = status
