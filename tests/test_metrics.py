@@ -517,3 +517,42 @@ def test_folded_histograms_count_each_duration_in_the_bucket_bisect_would_and_su
     assert seen == len(durations)
     assert sorted(round(ms) for ms in samples) == sorted(round(s * 1000) for s in durations)
     assert metrics.snapshot(ThreadPool(2), 0, 0, 0)[_END : _END + n] == v[_END : _END + n]
+
+
+def test_a_standalone_workers_tick_folds_the_durations_even_when_nobody_scrapes():
+    # Requests append their durations; without statsd and without a supervisor nothing takes a
+    # snapshot until a scrape, so the tick itself must fold them, or they would pile up.
+    import asyncio
+
+    from wsgiloop.response import Head
+    from wsgiloop.state import ServerState
+    from wsgiloop.telemetry import Telemetry
+
+    class Streamed:
+        def __init__(self) -> None:
+            self.environ = {"REQUEST_METHOD": "GET"}
+            self.sent = 0
+            self.started = time.monotonic()
+
+    loop = asyncio.new_event_loop()
+    try:
+        config = Config(metrics_bind="127.0.0.1:0").validate()
+        state = ServerState(lambda environ, start_response: [], config, loop)
+        telemetry = Telemetry(state, None, None)
+        metrics = state.metrics
+        assert metrics is not None
+        head = Head(b"HTTP/1.1 200 OK\r\n", 2, False, 200)
+        for _ in range(100):  # head first, then the end: the streamed-body path
+            request = Streamed()
+            metrics.head_sent(request, head)
+            metrics.exchange_ended(request, True)
+        metrics.waited(0.002)
+        telemetry.report()
+        assert (len(metrics._firsts), len(metrics._ends), len(metrics._waits)) == (0, 0, 0)
+        from wsgiloop.metrics import _DURATION, _END, DURATION_BUCKETS
+
+        v = list(metrics.v)
+        n = len(DURATION_BUCKETS) + 1
+        assert sum(v[_DURATION : _DURATION + n]) == sum(v[_END : _END + n]) == 100
+    finally:
+        loop.close()

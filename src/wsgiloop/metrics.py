@@ -186,9 +186,6 @@ CUMULATIVE: Final = tuple(
 _REQUESTS = BY_NAME["requests_total"].offset
 _DURATION = BY_NAME["request_duration_seconds"].offset
 _END = _DURATION + len(DURATION_BUCKETS) + 2  # the until="end" series
-#: Durations held before a fold, past which a request folds them itself (the ticker folds 4
-#: times a second, so only a stalled ticker gets here): 512 KiB at most.
-_FOLD_AT: Final = 1 << 16
 _WAIT = BY_NAME["request_wait_seconds"].offset
 _IN_FLIGHT = BY_NAME["requests_in_flight"].offset
 _WAITING = BY_NAME["requests_waiting"].offset
@@ -259,7 +256,8 @@ class Metrics:
         self.durations = array("d", bytes(8 * SAMPLES))
         self.requests_seen = 0
         # Durations (s) observed since the last fold into the histograms (``fold``): a request
-        # appends one number; the buckets are counted per snapshot, in C, by sorting them.
+        # appends one number; the buckets are counted per snapshot, in C, by sorting them. The
+        # worker's ticker folds every tick, so these hold at most a tick's worth.
         self._both = array("d")  # head and end in one write: first byte = end
         self._firsts = array("d")  # first byte only (the end comes later, or never)
         self._ends = array("d")  # end only (its head was counted in _firsts)
@@ -278,12 +276,7 @@ class Metrics:
 
     def head_sent(self, exchange: Exchange, head: Head) -> None:
         """A response head to an app request left (the app's, or the server's 503/408 for it)."""
-        v = self.v
-        code = head.status
-        method = _METHOD_INDEX.get(exchange.environ["REQUEST_METHOD"], _OTHER_METHOD)
-        v[method + _STATUS_CLASS[code]] += 1
-        self.codes[code] += 1
-        v[_SENT] += len(head.data)
+        self._responded(exchange, head)
         self._firsts.append(_monotonic() - exchange.started)
 
     def exchange_ended(self, exchange: Exchange, complete: bool, head: Head | None = None) -> None:
@@ -293,24 +286,22 @@ class Metrics:
         usual case), and ``head_sent`` was not called: its first byte and its end are then one
         moment, one clock read and one number for both duration series.
         """
-        v = self.v
-        if head is None:
-            v[_SENT] += exchange.sent
-            if complete:
-                self._ends.append(_monotonic() - exchange.started)
-            return
-        code = head.status
-        method = _METHOD_INDEX.get(exchange.environ["REQUEST_METHOD"], _OTHER_METHOD)
-        v[method + _STATUS_CLASS[code]] += 1
-        self.codes[code] += 1
-        v[_SENT] += len(head.data) + exchange.sent
+        self.v[_SENT] += exchange.sent
+        if head is not None:
+            self._responded(exchange, head)
         if complete:
-            both = self._both
-            both.append(_monotonic() - exchange.started)
-            if len(both) >= _FOLD_AT:
-                self.fold()  # the ticker folds 4 times a second; this bounds a stalled one
-        else:
+            (self._ends if head is None else self._both).append(_monotonic() - exchange.started)
+        elif head is not None:
             self._firsts.append(_monotonic() - exchange.started)
+
+    def _responded(self, exchange: Exchange, head: Head) -> None:
+        """Count a response by method and status, and its head's bytes."""
+        v = self.v
+        code = head.status
+        v[_METHOD_INDEX.get(exchange.environ["REQUEST_METHOD"], _OTHER_METHOD)
+          + _STATUS_CLASS[code]] += 1  # fmt: skip
+        self.codes[code] += 1
+        v[_SENT] += len(head.data)
 
     def fold(self) -> None:
         """Count the durations observed since the last fold into the histogram buckets.
