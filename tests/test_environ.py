@@ -218,12 +218,14 @@ def test_request_environ_asterisk_form():
 
 def test_request_environ_does_not_share_state_between_requests():
     shared = base()
+    before = dict(shared)
     request = h11.Request(method=b"GET", target=b"/a", headers=[(b"Host", b"h"), (b"X-A", b"1")])
     first = request_environ(shared, request, None, "")
     request = h11.Request(method=b"GET", target=b"/b", headers=[(b"Host", b"h")])
     second = request_environ(shared, request, None, "")
     assert "HTTP_X_A" in first and "HTTP_X_A" not in second
-    assert "PATH_INFO" not in shared
+    assert (first["PATH_INFO"], second["PATH_INFO"]) == ("/a", "/b")
+    assert shared == before
 
 
 def test_connection_environ_wsgi_keys():

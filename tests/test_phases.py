@@ -92,6 +92,19 @@ def test_an_impossible_move_fails_loudly(current: Phase, new: Phase) -> None:
         check_move(current, new)
 
 
+def test_a_protocol_refuses_an_impossible_move_with_the_same_error() -> None:
+    driver = Driver()
+    proto = protocol.HttpProtocol(driver.state)
+    proto.connection_made(FakeTransport())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(PhaseError, match="from NEW to IDLE"):
+            proto._enter(IDLE)
+        assert proto.phase is NEW  # the move did not happen
+    finally:
+        proto.connection_lost(None)
+        driver.close()
+
+
 def test_deadlines_come_from_the_settings_of_each_phase() -> None:
     config = Config(header_timeout=7.0, keepalive_timeout=3.0)
     timeouts = phase_timeouts(config)
@@ -173,12 +186,13 @@ def test_zero_disables_the_body_and_write_timeouts() -> None:
 def moves(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Every phase a connection enters, in order (the protocol's checks still run)."""
     trace: list[str] = []
+    enter = protocol.HttpProtocol._enter
 
-    def record(current: Phase, new: Phase) -> None:
-        check_move(current, new)
+    def record(self: protocol.HttpProtocol, new: Phase) -> None:
+        enter(self, new)
         trace.append(new.name)
 
-    monkeypatch.setattr(protocol, "check_move", record)
+    monkeypatch.setattr(protocol.HttpProtocol, "_enter", record)
     yield trace
 
 

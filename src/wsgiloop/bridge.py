@@ -121,7 +121,6 @@ class ResponseStream:
     __slots__ = (
         "_abort",
         "_chunks",
-        "_closed",
         "_end",
         "_granted",
         "_handoff",
@@ -133,6 +132,7 @@ class ResponseStream:
         "_queued",
         "_scheduled",
         "_waiter",
+        "closed",
         "on_ready",
     )
 
@@ -153,7 +153,7 @@ class ResponseStream:
         self._queued = 0
         self._scheduled = False
         self._paused = False
-        self._closed = False
+        self.closed = False  # set under the lock; read without it as a snapshot
 
     def _wait(self) -> None:
         """Block the app thread until poked (called and returns with ``_lock`` held).
@@ -185,7 +185,7 @@ class ResponseStream:
     ) -> None:
         """Queue a head, body chunks and/or the end; block while the client is not keeping up."""
         with self._lock:
-            if self._closed:
+            if self.closed:
                 raise ClientDisconnected("client disconnected")
             if head is not None:
                 self._head = head
@@ -203,9 +203,9 @@ class ResponseStream:
             return
         if self._paused or self._queued > self._high:
             with self._lock:
-                while (self._paused or self._queued > self._high) and not self._closed:
+                while (self._paused or self._queued > self._high) and not self.closed:
                     self._wait()
-                if self._closed:
+                if self.closed:
                     raise ClientDisconnected("client disconnected")
 
     def handoff(self, sock_fd: int, count: int) -> int:
@@ -223,7 +223,7 @@ class ResponseStream:
         stays so (writes to it just fail) whatever the loop does meanwhile.
         """
         with self._lock:
-            if self._closed:
+            if self.closed:
                 raise ClientDisconnected("client disconnected")
             self._handoff = count
             self._granted = False
@@ -232,9 +232,9 @@ class ResponseStream:
         if wake:
             self._loop.call_soon_threadsafe(self.on_ready)
         with self._lock:
-            while not self._granted and not self._closed:
+            while not self._granted and not self.closed:
                 self._wait()
-            if self._closed:
+            if self.closed:
                 raise ClientDisconnected("client disconnected")
             return os.dup(sock_fd)
 
@@ -284,16 +284,12 @@ class ResponseStream:
     def close(self) -> None:
         """The connection is gone: wake any blocked app thread with ``ClientDisconnected``."""
         with self._lock:
-            self._closed = True
+            self.closed = True
             self._chunks = []
             self._queued = 0
             waiter = self._woken()
         if waiter is not None:
             waiter.poke()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
 
 #: Body chunks smaller than this are appended to a ``bytearray`` of up to ``_TAIL`` bytes.

@@ -52,6 +52,12 @@ def _environ_key(name: bytes) -> str | None:
     return computed
 
 
+#: The keys request_environ sets on every request (HTTP_* and the CONTENT_* aside).
+_PER_REQUEST = (
+    "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SERVER_PROTOCOL", "wsgi.input"
+)
+
+
 def connection_environ(
     *,
     server: tuple[str, int] | None,
@@ -90,6 +96,9 @@ def connection_environ(
         "wsgi.input_terminated": True,
         # The optional PEP 3333 extension; wsgi recognises the wrapper to use os.sendfile.
         "wsgi.file_wrapper": FileWrapper,
+        # Placeholders that request_environ always overwrites: its copy of this dict then has
+        # room for them, where inserting them would make the copy resize (every request).
+        **dict.fromkeys(_PER_REQUEST, ""),
     }
 
 

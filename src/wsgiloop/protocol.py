@@ -32,6 +32,7 @@ from .lifecycle import (
     LINGER,
     LINGERING,
     NEW,
+    NEXT,
     PROXY,
     Cycle,
     Phase,
@@ -53,16 +54,12 @@ from .strict import (
     head_end,
     skip_empty_lines,
 )
-from .wsgi import Exchange, WSGIApp
+from .wsgi import Exchange
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .hooks import RequestHooks
     from .response import Head
     from .state import ServerState
 
-_Connection = h11.Connection
-_SERVER = h11.SERVER
 _Data = h11.Data
 _EndOfMessage = h11.EndOfMessage
 _Request = h11.Request
@@ -72,6 +69,7 @@ _DONE = h11.DONE
 _SEND_BODY = h11.SEND_BODY
 _MUST_CLOSE = h11.MUST_CLOSE
 
+_NEXT = NEXT
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _ASK_SOCKET: dict[str, Any] = {}  # base_environ until connection_made asks the socket
 _NO_PEER = ("", "")  # a Unix socket: the proxy in front knows the client (see proxy)
@@ -136,7 +134,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def _enter(self, phase: Phase) -> None:
         """Move to ``phase`` (checked against ``lifecycle.NEXT``) and set its deadline."""
-        check_move(self.phase, phase)
+        if phase not in _NEXT[self.phase]:
+            check_move(self.phase, phase)  # raises, saying which move
         self.phase = phase
         seconds = self.state.timeouts[phase]
         self.deadline = 0.0 if seconds is None else self.loop.time() + seconds
@@ -198,18 +197,6 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- what an app thread may ask (wsgi.Channel) -------------------------------------------
 
-    @property
-    def app(self) -> WSGIApp:
-        return self.state.app
-
-    @property
-    def config(self) -> Config:
-        return self.state.config
-
-    @property
-    def request_hooks(self) -> RequestHooks | None:
-        return self.state.request_hooks
-
     def socket_fd(self) -> int | None:
         """The raw socket for ``os.sendfile``, or None where the transport must do the writing.
 
@@ -248,7 +235,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._close()
                 return
             self._enter(HEAD)
-            self.conn = self._new_parser()
+            self.conn = self.state.new_parser()
         elif phase is EXCHANGE or phase is DISCARDING:
             # Body bytes (or a pipelined request behind them): no head is being read.
             cycle = self.cycle
@@ -550,7 +537,7 @@ class HttpProtocol(asyncio.Protocol):
         cycle = self.cycle
         assert cycle is not None
         buffered, closed = self.conn.trailing_data  # type: ignore[union-attr]
-        self.conn = self._new_parser()
+        self.conn = self.state.new_parser()
         cycle.delimited = True
         cycle.length_left = length
         if buffered:
@@ -697,15 +684,17 @@ class HttpProtocol(asyncio.Protocol):
         # What the response head promised (_flush says close once the server is stopping): a
         # connection that promised keep-alive stays, IDLE, until shutdown() ends it safely.
         keep_alive = cycle.keep_alive
-        if cycle.delimited:
+        if cycle.bodiless:
+            unread, done = False, True
+        elif cycle.delimited:
             unread = cycle.length_left > 0
             done = not unread
         else:
             theirs = self.conn.their_state  # type: ignore[union-attr]
-            unread = theirs is _SEND_BODY and not cycle.bodiless
+            unread = theirs is _SEND_BODY
             # MUST_CLOSE with keep-alive: an HTTP/1.0 client that asked for it (h11 never keeps
             # 1.0 alive; it parses one request, and a fresh parser takes the next).
-            done = theirs is _DONE or theirs is _MUST_CLOSE or cycle.bodiless
+            done = theirs is _DONE or theirs is _MUST_CLOSE
         if keep_alive and done:
             self._start_next_cycle()
         elif keep_alive and unread:
@@ -737,7 +726,7 @@ class HttpProtocol(asyncio.Protocol):
             if buffered[:1] == b"\r" or self.blank:  # empty lines before it (RFC 9112 2.2)
                 buffered, self.blank = skip_empty_lines(buffered, self.blank)
             if buffered or closed:
-                conn = self._new_parser()
+                conn = self.state.new_parser()
                 if buffered:
                     conn.receive_data(buffered)
                 if closed:
@@ -748,7 +737,8 @@ class HttpProtocol(asyncio.Protocol):
         # A pipelined request h11 already holds: its head is checked like any other.
         self.head = buffered
         self._enter(HEAD if buffered else IDLE)
-        self._resume_reading()
+        if not self.reading:
+            self._resume_reading()
         if buffered or closed:
             self._pump()  # a pipelined request (or the client's EOF) is already in
 
@@ -777,9 +767,6 @@ class HttpProtocol(asyncio.Protocol):
             self._start_next_cycle()
         else:
             self._close()
-
-    def _new_parser(self) -> h11.Connection:
-        return _Connection(_SERVER, max_incomplete_event_size=self.state.config.max_header_bytes)
 
     # -- errors, timeouts, shutdown ----------------------------------------------------------
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
+from collections.abc import Callable
 from typing import Any, Protocol
+
+import h11
 
 from .config import Config
 from .environ import connection_environ
@@ -48,6 +52,7 @@ class ServerState:
         "idle",
         "loop",
         "metrics",
+        "new_parser",
         "pool",
         "proxy_protocol",
         "proxy_trust",
@@ -94,6 +99,10 @@ class ServerState:
         #: Who may send a PROXY protocol header; None without --proxy-protocol.
         self.proxy_protocol = (
             ProxyTrust(config.proxy_allow_ips) if config.proxy_protocol else None
+        )
+        #: A fresh h11 parser for a connection's next request (a C-level call: no frame).
+        self.new_parser: Callable[[], h11.Connection] = functools.partial(
+            h11.Connection, h11.SERVER, max_incomplete_event_size=config.max_header_bytes
         )
         self.default_headers: list[tuple[bytes, bytes]] = []
         self.refresh_headers()

@@ -45,6 +45,16 @@ if TYPE_CHECKING:
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+class Shared(Protocol):
+    """What an app thread reads of its worker's shared state (``state.ServerState``): plain
+    attributes, fixed for the worker's life, so the pool thread reads them without a call."""
+
+    app: WSGIApp
+    config: Config
+    #: ``pre_request``/``post_request``, or None when neither is defined.
+    request_hooks: RequestHooks | None
+
+
 class Channel(Protocol):
     """What an app thread may use of its connection (``protocol.HttpProtocol`` on the loop side).
 
@@ -55,14 +65,7 @@ class Channel(Protocol):
     def stream(self) -> ResponseStream: ...
 
     @property
-    def app(self) -> WSGIApp: ...
-
-    @property
-    def config(self) -> Config: ...
-
-    @property
-    def request_hooks(self) -> RequestHooks | None:
-        """``pre_request``/``post_request``, or None when neither is defined."""
+    def state(self) -> Shared: ...
 
     def socket_fd(self) -> int | None:
         """The raw socket for ``os.sendfile``, or None where the transport must do the writing."""
@@ -214,7 +217,7 @@ class Exchange:
         """
         span = wrapper.sendfile_span()
         sock = self.channel.socket_fd()
-        if span is None or sock is None or not self.channel.config.sendfile:
+        if span is None or sock is None or not self.channel.state.config.sendfile:
             return False
         file_fd, offset, available = span
         response = self.response
@@ -241,7 +244,7 @@ class Exchange:
                 offset,
                 count,
                 lambda: stream.closed,
-                self.channel.config.write_timeout,
+                self.channel.state.config.write_timeout,
                 on_sent=self._count_sent,  # the access log's bytes, if the client goes midway
             )
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -276,14 +279,15 @@ class Exchange:
             # Abandoned while waiting for a thread (client gone, or --timeout): don't run it.
             channel.release(self)
             return
-        hooks = channel.request_hooks
-        config = channel.config
+        shared = channel.state
+        hooks = shared.request_hooks
+        config = shared.config
         try:
             if hooks is not None:
                 hooks.before(self.environ)
             if config.spool_chunked_body:
                 spooled = spool_chunked_body(self.environ, config.body_buffer)
-            result = channel.app(self.environ, self.start_response)
+            result = shared.app(self.environ, self.start_response)
             if type(result) is list or type(result) is tuple:
                 if len(result) == 1 and type(result[0]) is bytes:  # the usual: one block
                     chunks = [result[0]] if result[0] else []
