@@ -10,16 +10,23 @@ inline on the loop thread, the loop's own wake-up still taken), under
 ``valgrind --tool=callgrind``, for N and 2N requests; the difference divided by N is the
 instructions of one request, start-up and warm-up cancelled out.
 
+The keep-alive cases are shaped like bench/run's row: 50 connections each send a request at
+once, and wsgiloop's own pool (its slots, its FIFO of waiting requests, the wait times it
+measures for the metrics) has 8 slots, so most requests wait for one. With metrics on, the
+worker's ticker (fold, snapshot, statsd's lines and datagrams) runs every ``TICK_EVERY``
+requests, as often as at bench/run's rate: what the metrics cost besides the requests is in
+the count too.
+
 What it leaves out, by design: the kernel (accept, read, write, close: the same for every
 case) and the thread hop's scheduling. So a ratio here is larger than the same ratio in req/s,
 where the kernel's share is common to both sides: it is an upper bound of the cost, measured
 without noise.
 
-    bench/instructions.py                     # every case, N = 3000
-    bench/instructions.py --cases wsgiloop,wsgiloop-metrics -n 2000
+    bench/instructions.py                     # every case, N = 4000
+    bench/instructions.py --cases wsgiloop,wsgiloop-metrics -n 8000
 
 Needs valgrind (Debian's ``valgrind``) and runs the current interpreter, with ``src/`` first
-on the path; bench/run's venv is not needed. About 20 s per case.
+on the path; bench/run's venv is not needed. About 80 s per case.
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ SRC = BENCH.parent / "src"
 
 KEEP_ALIVE = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"  # what wrk sends
 CLOSE = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n"
+
+#: What bench/run's keep-alive rows look like: wrk's connections, the app threads it gives.
+CONNECTIONS = 50
+THREADS = 8
+#: Requests between two ticks of the worker's ticker (every 0.25 s): 4 ticks a second at the
+#: ~16k req/s of hello keep-alive on this machine.
+TICK_EVERY = 4000
 
 #: case → (server, request, wsgiloop options)
 CASES: dict[str, tuple[str, bytes, list[str]]] = {
@@ -101,18 +115,32 @@ class CountingTransport:
 
 
 class InlinePool:
-    """wsgiloop's pool, minus the threads: the job runs at once, on the loop thread."""
-
-    size = 8
-    busy = 0
-    waiting = 0
-    started_at_once = 0
+    """The ceiling's pool, minus the threads: the job runs at once, on the loop thread."""
 
     def submit(self, fn: Any, arg: Any = None, *rest: Any) -> None:
         fn(arg, *rest)
 
-    def done(self) -> None:
-        pass
+
+class _RunAtOnce:
+    """A job queue whose ``put`` runs the job at once, on the loop thread."""
+
+    def put(self, job: Any) -> None:
+        fn, arg = job
+        fn(arg)
+
+
+def _inline_thread_pool(threads: int, waited: Any) -> Any:
+    """wsgiloop's own ``ThreadPool`` (its slots, its FIFO of waiting jobs, their wait times for
+    the metrics), minus the threads: a job given to a thread runs at once, on the loop."""
+    from wsgiloop.pool import ThreadPool
+
+    class InlineThreadPool(ThreadPool):
+        def _start_thread(self) -> None:
+            self._threads.append(None)  # type: ignore[arg-type]  # counted, never started
+
+    pool = InlineThreadPool(threads, waited=waited)
+    pool._jobs = _RunAtOnce()  # type: ignore[assignment]
+    return pool
 
 
 def _wsgiloop_factory(loop: asyncio.AbstractEventLoop, options: list[str]) -> Any:
@@ -121,38 +149,77 @@ def _wsgiloop_factory(loop: asyncio.AbstractEventLoop, options: list[str]) -> An
     from wsgiloop.cli import build_parser, config_from_args
     from wsgiloop.protocol import HttpProtocol
     from wsgiloop.state import ServerState
+    from wsgiloop.telemetry import Telemetry
 
-    args = build_parser().parse_args(["apps:hello", "--no-access-log", *options])
+    args = build_parser().parse_args(
+        ["apps:hello", "--no-access-log", "--threads", str(THREADS), *options]
+    )
     state = ServerState(hello, config_from_args(args, {}), loop)
-    state.pool = InlinePool()  # type: ignore[assignment]
-    return lambda: HttpProtocol(state)
+    metrics = state.metrics
+    state.pool = _inline_thread_pool(THREADS, None if metrics is None else metrics.waited)
+    factory: Any = lambda: HttpProtocol(state)  # noqa: E731
+    # The worker's ticker, every TICK_EVERY requests: what the metrics cost besides requests.
+    factory.telemetry = Telemetry(state, None, None) if metrics is not None else None
+    factory.tick = None if factory.telemetry is None else factory.telemetry.report
+    return factory
 
 
 def _ceiling_factory(loop: asyncio.AbstractEventLoop) -> Any:
     from ceiling import CeilingProtocol
 
     pool = InlinePool()
-    return lambda: CeilingProtocol(loop, pool)  # type: ignore[arg-type]
+    factory: Any = lambda: CeilingProtocol(loop, pool)  # type: ignore[arg-type]  # noqa: E731
+    factory.tick = None
+    return factory
 
 
 async def drive(case: str, requests: int) -> None:
-    """``requests`` requests of ``case``: on one connection, or one connection each (close)."""
+    """``requests`` requests of ``case``.
+
+    Keep-alive: ``CONNECTIONS`` connections each send a request, all at once, and wait for its
+    response; wsgiloop's pool has ``THREADS`` slots, so most requests wait for one, as in
+    bench/run (wrk's 50 connections, 8 threads). Close: one connection per request.
+    """
     server, request, options = CASES[case]
     loop = asyncio.get_running_loop()
     wsgiloop = server == "wsgiloop"
     factory = _wsgiloop_factory(loop, options) if wsgiloop else _ceiling_factory(loop)
-    per_connection = request is CLOSE
-    proto = transport = None
-    for _ in range(requests):
-        if proto is None or per_connection:
+    tick = factory.tick
+    if request is CLOSE:
+        for done in range(1, requests + 1):
             proto, transport = factory(), CountingTransport()
             proto.connection_made(transport)
-        proto.data_received(request)
-        await asyncio.sleep(0)  # the pool job's call_soon_threadsafe: the response is written
-        if per_connection:
+            proto.data_received(request)
+            await asyncio.sleep(0)  # the pool job's call_soon_threadsafe: the response is written
             assert transport.closed, "the connection was not closed after Connection: close"
             proto.connection_lost(None)
-    assert transport is not None and transport.written, "no response was written"
+            if tick is not None and done % TICK_EVERY == 0:
+                tick()
+        return
+    if requests % CONNECTIONS:
+        sys.exit(f"instructions: {requests} requests is no multiple of {CONNECTIONS} connections")
+    pairs = [(factory(), CountingTransport()) for _ in range(CONNECTIONS)]
+    for proto, transport in pairs:
+        proto.connection_made(transport)
+    done = 0
+    while done < requests:
+        before = [transport.written for _, transport in pairs]
+        for proto, _ in pairs:
+            proto.data_received(request)
+        for _ in range(CONNECTIONS + 1):  # each pass writes what the last one's jobs produced
+            await asyncio.sleep(0)
+            if all(t.written > b for (_, t), b in zip(pairs, before, strict=True)):
+                break
+        else:
+            sys.exit(f"instructions: {case}: responses missing after {CONNECTIONS + 1} passes")
+        done += CONNECTIONS
+        if tick is not None and done % TICK_EVERY == 0:
+            tick()
+    if tick is not None:
+        from wsgiloop.metrics import requests_total
+
+        counted = requests_total(factory.telemetry.snapshot())
+        assert counted == requests, f"the metrics counted {counted} of {requests} requests"
 
 
 def _inner(case: str, requests: int) -> None:
@@ -194,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: "
                         + ", ".join(CASES))
-    parser.add_argument("-n", type=int, default=3000, help="requests (default 3000)")
+    parser.add_argument("-n", type=int, default=TICK_EVERY,
+                        help=f"requests (default {TICK_EVERY}: one tick of the ticker)")
     parser.add_argument("--inner", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner:
