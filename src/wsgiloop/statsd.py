@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Sequence
+from itertools import compress, count
+from operator import ne
 
 from .metrics import STATSD_COUNTERS, STATSD_GAUGES, WAITED_RANGE, requests_total
 from .sockets import parse_bind
@@ -82,9 +84,10 @@ class Statsd:
         requests = requests_total(vector) - requests_total(last)
         if requests:
             lines.append(f"{p}gunicorn.requests:{_int(requests)}|c{tags}")
-        for code, (now, before) in enumerate(zip(codes, last_codes, strict=True)):
-            if now != before:
-                lines.append(f"{p}gunicorn.request.status.{code}:{now - before}|c{tags}")
+        # The codes seen this tick, found in C (a thousand entries, a handful changed).
+        for code in compress(count(), map(ne, codes, last_codes)):
+            delta = codes[code] - last_codes[code]
+            lines.append(f"{p}gunicorn.request.status.{code}:{delta}|c{tags}")
         rate = f"|@{len(durations) / seen:.4g}" if seen > len(durations) else ""
         for ms in durations:
             lines.append(f"{p}gunicorn.request.duration:{ms:.3f}|ms{rate}{tags}")
@@ -119,16 +122,14 @@ class Statsd:
     def send(self, lines: list[str]) -> None:
         """Batch ``lines`` into as few datagrams as fit; drop them if the network says no (UDP:
         metrics must never hold up serving)."""
-        packet: list[str] = []
-        size = 0
-        for line in lines:
-            if packet and size + 1 + len(line) > MAX_DATAGRAM:
-                self._send("\n".join(packet))
-                packet, size = [], 0
-            packet.append(line)
-            size += len(line) + (1 if size else 0)
-        if packet:
-            self._send("\n".join(packet))
+        first = size = 0
+        for i, length in enumerate(map(len, lines)):
+            if i > first and size + 1 + length > MAX_DATAGRAM:
+                self._send("\n".join(lines[first:i]))
+                first, size = i, 0
+            size += length + (1 if i > first else 0)
+        if first < len(lines):
+            self._send("\n".join(lines[first:]))
 
     def _send(self, payload: str) -> None:
         with contextlib.suppress(OSError):  # full buffer, nobody listening (ECONNREFUSED)...
