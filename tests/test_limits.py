@@ -234,6 +234,16 @@ def test_exactly_limit_request_fields_is_served(serve):
     sock.close()
 
 
+def test_limit_request_field_size_counts_name_and_value_and_allows_exactly_the_limit(serve):
+    # gunicorn's --limit-request-field_size: a field's name plus its value, at most the limit.
+    server = serve(hello, limit_request_field_size=20)
+    for value, status in ((b"v" * 17, 200), (b"v" * 18, 431)):  # "X-A" + value: 20, then 21
+        sock = server.connect()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-A: " + value + b"\r\n\r\n")
+        assert read_response(sock)[0] == status, value
+        sock.close()
+
+
 def test_target_over_limit_request_line_gets_414(serve, error_log):
     app, calls = counting(hello)
     server = serve(app, limit_request_line=100)

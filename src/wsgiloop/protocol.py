@@ -436,7 +436,7 @@ class HttpProtocol(asyncio.Protocol):
         if reason is not None:
             self._client_error(400, reason)
             return
-        size, te, cl, host, connection = _scan_head(request, fields)
+        size, longest, te, cl, host, connection = _scan_head(request, fields)
         rejection = check_fields(request.http_version, te, cl, host)
         if rejection is not None:
             self._client_error(*rejection)
@@ -450,7 +450,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._client_error(400, reason)
                 return
         field_limit = config.limit_request_field_size
-        if field_limit and any(len(name) + len(value) > field_limit for name, value in fields):
+        if field_limit and longest > field_limit:
             self._client_error(431, "header field too large")
             return
         if size > config.max_header_bytes:
@@ -1003,16 +1003,21 @@ def _buffered(conn: h11.Connection) -> bool:
 
 def _scan_head(
     request: h11.Request, fields: list[tuple[bytes, bytes]]
-) -> tuple[int, bool, bool, bytes | None, bytes | None]:
+) -> tuple[int, int, bool, bool, bytes | None, bytes | None]:
     """One pass over the fields: the head's size as sent (give or take optional whitespace),
-    whether Transfer-Encoding and Content-Length are present, the Host value and the
-    Connection value (several Connection fields joined as one list)."""
+    the largest field (name and value), whether Transfer-Encoding and Content-Length are
+    present, the Host value and the Connection value (several Connection fields joined as one
+    list)."""
     size = len(request.method) + len(request.target) + 14  # " HTTP/1.1\r\n" and the blank line
+    longest = 0
     te = cl = False
     host: bytes | None = None
     connection: bytes | None = None
     for raw_name, value in fields:
-        size += len(raw_name) + len(value) + 4  # ": " and "\r\n"
+        field = len(raw_name) + len(value)
+        size += field + 4  # ": " and "\r\n"
+        if field > longest:
+            longest = field
         name = raw_name.lower()
         if name == b"transfer-encoding":
             te = True
@@ -1022,4 +1027,4 @@ def _scan_head(
             host = value
         elif name == b"connection":
             connection = value if connection is None else connection + b"," + value
-    return size, te, cl, host, connection
+    return size, longest, te, cl, host, connection

@@ -367,6 +367,11 @@ def run(
         loop.add_signal_handler(sig, _on_signal, server, sig)
     loop.add_signal_handler(signal.SIGQUIT, _on_quit, server)
     loop.add_signal_handler(signal.SIGUSR1, reopen_files)
+    # SIGHUP's default would kill the process mid-request. Standalone there is no supervisor
+    # to start new workers, so it is said and ignored; a worker leaves reloads to its
+    # supervisor (a closed terminal or `kill -HUP -PGID` signals the whole group: the
+    # supervisor reloads, and this worker retires when told to, its requests finished).
+    loop.add_signal_handler(signal.SIGHUP, _on_hup if heartbeat is None else _ignore)
     if config.hooks.worker_abort is not None:
         # Sent by the supervisor on --timeout: a loop too stuck to run a callback may still
         # run a Python signal handler between two bytecodes of whatever it is stuck in.
@@ -408,6 +413,17 @@ def _on_signal(server: Server, sig: signal.Signals) -> None:
     if sig == signal.SIGINT and server.worker is not None:
         server.config.hooks.run("worker_int", server.worker)
     server.stop()
+
+
+def _on_hup() -> None:
+    error_log.warning(
+        "Received SIGHUP: ignored, --workers 1 has no supervisor to start new workers "
+        "(reload without dropping a request: --workers 2 or more; or restart)"
+    )
+
+
+def _ignore() -> None:
+    """A worker's SIGHUP: the supervisor reloads (see supervisor), not the worker."""
 
 
 def _on_quit(server: Server) -> None:

@@ -86,8 +86,8 @@ class Statsd:
             lines.append(f"{p}gunicorn.requests:{_int(requests)}|c{tags}")
         # The codes seen this tick, found in C (a thousand entries, a handful changed).
         for code in compress(count(), map(ne, codes, last_codes)):
-            delta = codes[code] - last_codes[code]
-            lines.append(f"{p}gunicorn.request.status.{code}:{delta}|c{tags}")
+            lines.append(f"{p}gunicorn.request.status.{code}:{codes[code] - last_codes[code]}"
+                         f"|c{tags}")
         rate = f"|@{len(durations) / seen:.4g}" if seen > len(durations) else ""
         for ms in durations:
             lines.append(f"{p}gunicorn.request.duration:{ms:.3f}|ms{rate}{tags}")

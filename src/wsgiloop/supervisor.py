@@ -374,7 +374,9 @@ class Supervisor:
         from .server import run
 
         for sig in _SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+            # SIGHUP: reloads are the supervisor's; ignored from the fork on, so that one sent to
+            # the whole group while the app imports does not kill the worker (see server.run).
+            signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked by _spawn for the fork
         os.close(self.wake_r)
