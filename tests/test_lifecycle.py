@@ -344,6 +344,8 @@ def probe(port: int) -> str:
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     except ConnectionRefusedError:
         return "refused"
+    except ConnectionResetError:
+        return "reset"  # the listener closed with this handshake in its queue: see Load
     try:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         status, _, body = read_response(sock, timeout=30)
