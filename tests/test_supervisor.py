@@ -247,24 +247,6 @@ def test_socket_activation_serves_on_an_inherited_listening_socket(tmp_path, wor
     assert f"Listening at: unix:{path}" in log
 
 
-def test_sighup_to_a_single_worker_is_said_and_ignored_and_loses_nothing(spawn):
-    # SIGHUP's default would kill the process, and the request in flight with it. With
-    # --workers 1 there is no supervisor to start new workers: the process says so and serves on.
-    server = spawn("apps:slow", "--bind", "127.0.0.1:0", "--workers", "1")
-    result: list[tuple[int, bytes]] = []
-    client = threading.Thread(target=lambda: result.append(get(server.port, "/?seconds=1")))
-    client.start()
-    time.sleep(0.3)  # the request is inside the app now
-    server.proc.send_signal(signal.SIGHUP)
-    client.join(20)
-    assert result == [(200, b"done")]
-    assert wait_for(lambda: any("Received SIGHUP: ignored" in line for line in server.log))
-    assert server.proc.poll() is None
-    assert get(server.port, "/?seconds=0") == (200, b"done")
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(20) == 0
-
-
 def test_a_sighup_to_the_whole_process_group_reloads_without_killing_a_worker_mid_request(spawn):
     # A closed terminal (or `kill -HUP -PGID`) signals every process of the group: the
     # supervisor reloads; the workers leave the reload to it, so their requests finish.

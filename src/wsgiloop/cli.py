@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import __version__, exitcodes
+from . import __version__, exitcodes, handover
 from .compat import FOREIGN, Refused, judge, worker_class_note
 from .config import (
     Config,
@@ -214,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"wsgiloop: error: {exc}\n")  # one line: the option and the reason
         return EXIT_CONFIG
     try:
+        handover.remember_start_dir()
         process.prepare(config)
         ids = process.resolve_ids(config)
         configure(
@@ -277,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         error_log.error("Error: %s", exc)
         return EXIT_CONFIG
+    except handover.HandingOver as handing:
+        handover.exec_self(handing.kept)  # the same pid goes on: no on_exit, the pid file stays
     finally:
         config.hooks.run("on_exit", server)
         if pidfile is not None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, handover
 from .config import DEFAULT_BIND, Config
 from .hooks import ServerView, WorkerView
 from .lifecycle import IDLE
@@ -72,10 +72,15 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 def open_sockets(config: Config) -> Listeners:
     """Inherited sockets (systemd, ``--fd``) plus one per ``--bind``; ``ListenError`` if one is
-    impossible (those already opened are closed again)."""
-    from .systemd import listen_fds
+    impossible (those already opened are closed again). After a handover (``handover``: a
+    SIGHUP with ``--workers 1``) the sockets handed over are all of them."""
+    from .systemd import listen_fds_with_names
 
-    listeners = Listeners(listen_fds())
+    inherited = listen_fds_with_names()
+    handed = handover.take(inherited)
+    if handed is not None:
+        return handed
+    listeners = Listeners([sock for _, sock in inherited])
     try:
         for fd in config.fd:
             try:
@@ -124,6 +129,12 @@ class Server:
         self.publish = publish
         self.slot = slot
         self.telemetry: Telemetry | None = None
+        # SIGHUP with --workers 1 (``handover``): reloading (the check, then the drain), and
+        # once the drain begins, the duplicated listening sockets the new image gets.
+        self.reloading = False
+        self.kept: list[tuple[int, str]] | None = None
+        self.cancelled = False  # SIGTERM/SIGINT came during the reload: just stop
+        self.reload_task: asyncio.Task[None] | None = None
 
     async def serve(self, listeners: Listeners | None = None) -> None:
         """Serve until ``stop()``; then shut down gracefully. ``listeners`` are closed (and the
@@ -180,8 +191,27 @@ class Server:
 
     def stop(self) -> None:
         """Begin a graceful shutdown (call on the loop, or via ``call_soon_threadsafe``)."""
+        if self.reloading:
+            self.cancelled = True  # asked to stop: no new image after the drain
         if self._stop is not None:
             self._stop.set()
+
+    async def reload(self) -> None:
+        """SIGHUP with --workers 1: if the app loads now, drain and hand over (``handover``)."""
+        self.reloading = True
+        reason = await handover.new_code_loads()
+        if self.cancelled or (self._stop is not None and self._stop.is_set()):
+            return  # stopping anyway
+        if reason is not None:
+            self.reloading = False
+            error_log.error(
+                "Reload abandoned: the app does not load (%s); serving the code it loaded at "
+                "start; send SIGHUP to try again", reason
+            )
+            return
+        error_log.info("The app loads: draining, then starting again in this process")
+        if self._stop is not None:
+            self._stop.set()  # (not stop(): that is the cancel)
 
     async def _tick(self) -> None:
         state = self.state
@@ -246,7 +276,13 @@ class Server:
         assert state is not None
         loop = asyncio.get_running_loop()
         state.stopping = True
-        pending = [conn for sock in self.listeners.sockets for conn in accept_pending(sock)]
+        if self.reloading and not self.cancelled:
+            # A handover: the sockets stay open for the new image, which takes the connections
+            # the kernel has queued (and those that come while this drains).
+            self.kept = handover.keep(self.listeners)
+            pending = []
+        else:
+            pending = [conn for sock in self.listeners.sockets for conn in accept_pending(sock)]
         for server in self._servers:
             server.close()
         self.listeners.close()
@@ -367,11 +403,13 @@ def run(
         loop.add_signal_handler(sig, _on_signal, server, sig)
     loop.add_signal_handler(signal.SIGQUIT, _on_quit, server)
     loop.add_signal_handler(signal.SIGUSR1, reopen_files)
-    # SIGHUP's default would kill the process mid-request. Standalone there is no supervisor
-    # to start new workers, so it is said and ignored; a worker leaves reloads to its
+    # SIGHUP: standalone, a reload by handover (see handover); a worker leaves reloads to its
     # supervisor (a closed terminal or `kill -HUP -PGID` signals the whole group: the
     # supervisor reloads, and this worker retires when told to, its requests finished).
-    loop.add_signal_handler(signal.SIGHUP, _on_hup if heartbeat is None else _ignore)
+    if heartbeat is None:
+        loop.add_signal_handler(signal.SIGHUP, _on_hup, server)
+    else:
+        loop.add_signal_handler(signal.SIGHUP, _ignore)
     if config.hooks.worker_abort is not None:
         # Sent by the supervisor on --timeout: a loop too stuck to run a callback may still
         # run a Python signal handler between two bytecodes of whatever it is stuck in.
@@ -390,11 +428,17 @@ def run(
         if heartbeat is None:
             from . import systemd
 
-            systemd.notify("STOPPING=1")
+            handing_over = server.kept is not None and not server.cancelled
+            systemd.notify("RELOADING=1" if handing_over else "STOPPING=1")
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
         asyncio.set_event_loop(None)
         loop.close()
+    if server.kept is not None and not server.cancelled:
+        error_log.info("Drained: starting again (pid: %d)", os.getpid())
+        raise handover.HandingOver(server.kept)
+    # (Stopped during a handover's drain: the socket files handed over stay, stale; the next
+    # start replaces them.)
     error_log.info("Shutdown complete" if heartbeat is None else "Worker exiting (pid: %d)", *(
         () if heartbeat is None else (os.getpid(),)
     ))
@@ -415,11 +459,18 @@ def _on_signal(server: Server, sig: signal.Signals) -> None:
     server.stop()
 
 
-def _on_hup() -> None:
-    error_log.warning(
-        "Received SIGHUP: ignored, --workers 1 has no supervisor to start new workers "
-        "(reload without dropping a request: --workers 2 or more; or restart)"
-    )
+def _on_hup(server: Server) -> None:
+    """SIGHUP with --workers 1: reload by handover, when this process can start again."""
+    if server.reloading or (server._stop is not None and server._stop.is_set()):
+        error_log.info("Received SIGHUP: ignored, already reloading or stopping")
+        return
+    reason = handover.unavailable(server.config)
+    if reason is not None:
+        error_log.warning("Received SIGHUP: ignored, %s (reload in place: --workers 2 or more)",
+                          reason)
+        return
+    error_log.info("Received SIGHUP: reloading (checking that the app loads)")
+    server.reload_task = asyncio.get_running_loop().create_task(server.reload())
 
 
 def _ignore() -> None:
