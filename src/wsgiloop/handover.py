@@ -42,6 +42,9 @@ from .sockets import Listeners, SocketFile
 OWNS_FILE = "wsgiloop-handover-file"
 SOCKET = "wsgiloop-handover"
 
+#: Seconds the check that the app loads may take (an import that hangs abandons the reload).
+CHECK_TIMEOUT = 60.0
+
 _start_dir: str | None = None
 
 
@@ -81,7 +84,12 @@ async def new_code_loads() -> str | None:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
-        _, err = await child.communicate()
+        try:
+            _, err = await asyncio.wait_for(child.communicate(), CHECK_TIMEOUT)
+        except asyncio.TimeoutError:
+            child.kill()
+            await child.wait()
+            return f"the check did not finish in {CHECK_TIMEOUT:g} s"
     except OSError as exc:
         return f"cannot start {sys.executable}: {exc.strerror}"
     if child.returncode == 0:
