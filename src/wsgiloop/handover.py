@@ -86,7 +86,7 @@ async def new_code_loads() -> str | None:
         )
         try:
             _, err = await asyncio.wait_for(child.communicate(), CHECK_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             child.kill()
             await child.wait()
             return f"the check did not finish in {CHECK_TIMEOUT:g} s"
