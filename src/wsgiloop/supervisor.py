@@ -53,7 +53,6 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import exitcodes
@@ -63,6 +62,7 @@ from .hooks import ServerView, WorkerView
 from .logs import error_log, reopen_files, set_pid
 from .process import become_worker, own_sockets
 from .sockets import Listeners
+from .workerlife import ABORT_GRACE, ABORTING, KILLED, RETIRING, Worker
 
 MAX_SLOTS = 1024
 #: A supervisor turn takes 0.1 s; one that comes this much later means the supervisor (and most
@@ -79,21 +79,6 @@ _SIGNALS = (
     signal.SIGUSR1,
     signal.SIGCHLD,
 )
-
-
-@dataclass
-class Worker:
-    pid: int
-    slot: int
-    born: float
-    generation: int
-    ready: bool = False
-    retiring: bool = False
-    killed_at: float = 0.0
-    sigkilled: bool = False
-    #: When its heartbeat timeout starts counting if it has not beaten since (see STALL).
-    baseline: float = 0.0
-    retire_deadline: float = 0.0  # when a retiring worker is killed if it is still draining
 
 
 class Supervisor:
@@ -156,7 +141,7 @@ class Supervisor:
             watcher = Watcher(self.config, self._request_reload)
             watcher.start()
         if self.fleet is not None:
-            self.fleet.start(lambda: any(w.ready for w in list(self.workers.values())))
+            self.fleet.start(lambda: any(w.served for w in list(self.workers.values())))
         notified = False
         self.last_turn = time.monotonic()
         try:
@@ -172,7 +157,7 @@ class Supervisor:
                     self._enforce_retire_deadlines()
                     self._maintain()
                     self._check_heartbeats()
-                    if not notified and sum(w.ready for w in self.workers.values()) >= self.target:
+                    if not notified and sum(w.served for w in self.workers.values()) >= self.target:
                         notified = True
                         systemd.notify("READY=1\nSTATUS=serving")
                         error_log.info("All %d workers are serving", self.target)
@@ -273,10 +258,9 @@ class Supervisor:
     def _enforce_retire_deadlines(self) -> None:
         now = time.monotonic()
         for worker in self.workers.values():
-            if worker.retiring and now > worker.retire_deadline and not worker.killed_at:
+            if worker.phase is RETIRING and now > worker.retire_deadline:
                 error_log.warning("Worker %d did not retire in time: killing it", worker.pid)
-                worker.killed_at = now
-                worker.sigkilled = True
+                worker.enter(KILLED, now)
                 self._kill(worker.pid, signal.SIGKILL)
 
     def _enforce_stop_deadline(self) -> None:
@@ -292,18 +276,18 @@ class Supervisor:
         """Converge on ``target`` workers of the current generation, one step per turn."""
         now = time.monotonic()
         for worker in self.workers.values():
-            if not worker.ready and _SLOT.unpack_from(self.beats, worker.slot * 8)[0] > 0:
-                worker.ready = True
+            if not worker.served and _SLOT.unpack_from(self.beats, worker.slot * 8)[0] > 0:
+                worker.beat_seen(now)
                 error_log.debug("Worker %d is serving", worker.pid)
-        current = [w for w in self.workers.values() if not w.retiring]
+        current = [w for w in self.workers.values() if not w.leaving]
         fresh = [w for w in current if w.generation == self.generation]
         stale = [w for w in current if w.generation != self.generation]
-        if fresh and not any(w.ready for w in fresh):
+        if fresh and not any(w.served for w in fresh):
             return  # the canary of this generation is loading the app: the rest wait for it
         if stale:
             # Reload: one new worker at a time, and an old one retires only once the new one
             # serves, so capacity never drops below the target.
-            starting = [w for w in fresh if not w.ready]
+            starting = [w for w in fresh if not w.served]
             if starting:
                 return
             if len(fresh) + len(stale) > self.target or len(fresh) >= self.target:
@@ -317,8 +301,9 @@ class Supervisor:
             self._retire(max(current, key=lambda w: w.born))
 
     def _retire(self, worker: Worker) -> None:
-        worker.retiring = True
-        worker.retire_deadline = time.monotonic() + self.config.graceful_timeout + 5
+        now = time.monotonic()
+        worker.enter(RETIRING, now)
+        worker.retire_deadline = now + self.config.graceful_timeout + 5
         error_log.info("Retiring worker %d", worker.pid)
         self._kill(worker.pid, signal.SIGTERM)
 
@@ -347,7 +332,7 @@ class Supervisor:
         if pid:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             now = time.monotonic()
-            self.workers[pid] = Worker(pid, slot, now, self.generation, baseline=now)
+            self.workers[pid] = Worker(pid, slot, now, self.generation, since=now, baseline=now)
             view.pid = pid
             self.server.WORKERS[pid] = view
             if self.fleet is not None:
@@ -435,10 +420,10 @@ class Supervisor:
             if self.fleet is not None:
                 self.fleet.exited(worker.slot)  # its figures join the retired totals
             code = os.waitstatus_to_exitcode(status)
-            if code == exitcodes.APP_LOAD and not worker.ready and self.stopping is None:
+            if code == exitcodes.APP_LOAD and not worker.served and self.stopping is None:
                 self._boot_failed(worker)
                 continue
-            expected = worker.retiring or self.stopping is not None
+            expected = worker.leaving or self.stopping is not None
             if not expected:
                 how = f"signal {-code}" if code < 0 else f"exit status {code}"
                 if code == 0:
@@ -462,14 +447,14 @@ class Supervisor:
         they loaded: a reload into code that does not load is abandoned (the next SIGHUP tries
         again), and a replacement that does not load is retried with the young-death back-off.
         """
-        serving = [w for w in self.workers.values() if w.ready and not w.retiring]
+        serving = [w for w in self.workers.values() if w.served and not w.leaving]
         if not serving:
             self.exit_status = exitcodes.APP_LOAD
             self._begin_stop(
                 "graceful", f"Worker {worker.pid} could not load the app and none is serving"
             )
             return
-        current = [w for w in self.workers.values() if not w.retiring]
+        current = [w for w in self.workers.values() if not w.leaving]
         if any(w.generation != self.generation for w in current):
             error_log.warning(
                 "Reload abandoned: the new code does not load; %d worker(s) go on serving the "
@@ -489,20 +474,20 @@ class Supervisor:
         for worker in self.workers.values():
             beat = _SLOT.unpack_from(self.beats, worker.slot * 8)[0]
             last = max(beat, worker.baseline)
-            if now - last > timeout and not worker.killed_at:
+            if now - last > timeout and not worker.being_killed:
                 error_log.critical("WORKER TIMEOUT (pid: %d): killing it", worker.pid)
-                worker.killed_at = now
                 if self.fleet is not None:
                     self.fleet.workers_timed_out += 1
                 # With a worker_abort hook, SIGABRT first (the worker runs it and exits), and
                 # SIGKILL a second later for a worker too stuck even for that.
                 if self.hooks.worker_abort is not None:
+                    worker.enter(ABORTING, now)
                     self._kill(worker.pid, signal.SIGABRT)
                 else:
-                    worker.sigkilled = True
+                    worker.enter(KILLED, now)
                     self._kill(worker.pid, signal.SIGKILL)
-            elif worker.killed_at and now - worker.killed_at > 1.0 and not worker.sigkilled:
-                worker.sigkilled = True
+            elif worker.phase is ABORTING and now - worker.since > ABORT_GRACE:
+                worker.enter(KILLED, now)
                 self._kill(worker.pid, signal.SIGKILL)
 
     @staticmethod
