@@ -26,6 +26,8 @@ The supervisor never runs an event loop or imports the app (unless ``--preload``
 small and a broken deploy fails in the workers, where it is logged, not in the process that
 holds the sockets. The first worker of a generation (at start, after SIGHUP) is a canary: the
 others start only once it serves, so an app that cannot load fails once, with one error line.
+Where each worker is in its life (booting, serving, retiring, being killed) is its phase in
+``workerlife``, changed only through ``Worker.enter``.
 
 Heartbeats are monotonic timestamps in an anonymous shared mapping: one 8-byte slot per worker,
 no files, no pipes. A worker beats every tick of its event loop, also while it drains at a
