@@ -918,3 +918,55 @@ def test_sighup_alone_behind_nginx_hands_over_with_no_502_and_no_upstream_error(
     print(f"\n{load.ok} requests through nginx across two handovers, 0 failed, no 502")
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(60) == 0
+
+
+def test_a_signal_sent_while_the_new_image_starts_waits_for_its_handlers(spawn, tmp_path):
+    # exec resets the handlers to the default actions until the new image installs its own: a
+    # SIGTERM then would kill it (status 143) and leave its files. The signals are blocked
+    # across the exec instead, and delivered once the handlers are in.
+    sock_path, pid_file = tmp_path / "app.sock", tmp_path / "server.pid"
+    server = spawn_versioned(spawn, tmp_path, "--bind", f"unix:{sock_path}", "--pid",
+                             str(pid_file))
+    slow = _VERSIONED.format(version=2) + "\nimport time\ntime.sleep(1.5)  # a slow import\n"
+    (tmp_path / "versioned.py").write_text(slow)
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: any("Drained: starting again" in line for line in server.log), 30)
+    server.proc.send_signal(signal.SIGTERM)  # while the new image imports the app
+    assert server.proc.wait(60) == 0, "".join(server.log)
+    assert any("Received SIGTERM" in line for line in server.log[-20:]), "".join(server.log)
+    assert not sock_path.exists() and not pid_file.exists()
+
+
+def test_sigterm_during_a_reloads_drain_stops_and_removes_the_socket_file(spawn, tmp_path):
+    sock_path = tmp_path / "app.sock"
+    server = spawn_versioned(spawn, tmp_path, "--bind", "127.0.0.1:0", "--bind",
+                             f"unix:{sock_path}")
+    gate = tmp_path / "gate"
+    held, held_result, held_errors = gate_request(server.port, gate)
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: any("draining, then starting again" in line
+                                for line in server.log), 30), "".join(server.log)
+    server.proc.send_signal(signal.SIGTERM)
+    gate.touch()
+    held.join(60)
+    assert held_errors == [] and held_result == [(200, b"released")]
+    assert server.proc.wait(60) == 0
+    assert not any("Drained: starting again" in line for line in server.log)
+    assert not sock_path.exists()
+
+
+def test_a_second_instance_on_the_same_pid_file_leaves_the_running_servers_file(spawn, tmp_path):
+    pid_file = tmp_path / "server.pid"
+    first = spawn_versioned(spawn, tmp_path, "--bind", "127.0.0.1:0", "--pid", str(pid_file))
+    assert wait_for(lambda: pid_file.exists())
+    second = subprocess.run(
+        [sys.executable, "-m", "wsgiloop", "versioned:app", "--bind", f"127.0.0.1:{first.port}",
+         "--pid", str(pid_file)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "tests")])},
+    )  # fmt: skip
+    assert second.returncode == exitcodes.USAGE, second.stderr
+    assert f"names process {first.proc.pid}, which is running" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert pid_file.read_text().strip() == str(first.proc.pid)
+    assert version_of(tcp(first.port)) == "1"

@@ -19,8 +19,10 @@ runs threads, and forking a process whose threads may hold locks is unsafe. So i
    of its listeners. The pid does not change: systemd's main pid and the ``--pid`` file stay right.
 
 The new image starts as any start does (it reads the configuration again, runs the hooks,
-logs "Listening at:"). The wait for new connections is the drain: at most the longest request
-in flight or the keep-alive timeout, whichever is longer (they queue, none is refused).
+logs "Listening at:"); only its listening sockets are the old ones, so a changed ``--bind``
+takes a restart. New connections wait for the drain (the longest request in flight or the
+keep-alive timeout, whichever is longer) and the new image's start: they queue, none is
+refused. Signals sent while the new image starts wait for its handlers (``SIGNALS``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,28 @@ import asyncio
 import fcntl
 import logging
 import os
+import re
+import signal
 import socket
 import sys
 from typing import NoReturn
 
+from . import exitcodes
 from .config import Config
 from .sockets import Listeners, SocketFile
+
+#: The signals the new image handles. exec resets their handlers to the default actions (which
+#: would kill it) until its own are installed, so they are blocked across the exec: one sent
+#: meanwhile waits, and is delivered by ``unblock_signals`` once the handlers are in.
+SIGNALS: frozenset[signal.Signals] = frozenset({
+    signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
+    signal.SIGTTIN, signal.SIGTTOU,
+})
+_WHY = {
+    exitcodes.APP_LOAD: "the app does not load",
+    exitcodes.USAGE: "the configuration is invalid",
+}
+_LOG_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] \[[A-Z]+\] (?:Error: )?")
 
 #: The ``$LISTEN_FDNAMES`` of the sockets handed over, which is how the new image knows them
 #: from systemd's: a socket whose file (a Unix socket from ``--bind``) the process owns, and
@@ -54,6 +72,12 @@ class HandingOver(Exception):  # (not an error: control leaves run for the exec)
     def __init__(self, kept: list[tuple[int, str]]) -> None:
         super().__init__("handing over")
         self.kept = kept
+
+
+def unblock_signals() -> None:
+    """Deliver what was sent while the handlers were not installed (see ``SIGNALS``); called
+    once they are, at every start (a no-op unless this start is a handover)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
 def remember_start_dir() -> None:
@@ -90,25 +114,35 @@ async def new_code_loads() -> str | None:
             child.kill()
             await child.wait()
             return f"the check did not finish in {CHECK_TIMEOUT:g} s"
+        except asyncio.CancelledError:  # stopping meanwhile
+            child.kill()
+            await child.wait()
+            raise
     except OSError as exc:
         return f"cannot start {sys.executable}: {exc.strerror}"
     if child.returncode == 0:
         return None
     lines = err.decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else f"exit status {child.returncode}"
+    if lines:  # the child's own error line, without its time, pid and level
+        return _LOG_PREFIX.sub("", lines[-1])
+    why = _WHY.get(child.returncode or 0, f"exit status {child.returncode}")
+    return f"{why} (the check's error went to the error log)"
 
 
-def keep(listeners: Listeners) -> list[tuple[int, str]]:
+def keep(listeners: Listeners) -> tuple[list[tuple[int, str]], list[SocketFile]]:
     """Duplicates of the listening sockets (each with its ``LISTEN_FDNAMES`` name), taken
-    before they close; their socket files are left in place for the new image."""
-    owned = {file.path for file in listeners.files}
+    before they close, and the socket files this process owns, taken out of ``listeners`` so
+    that closing it leaves them in place: the new image removes them at its own exit (or this
+    process does, if it stops instead)."""
+    files = listeners.files
+    owned = {file.path for file in files}
     kept = []
     for sock in listeners.sockets:
         name = sock.getsockname() if sock.family == socket.AF_UNIX else None
         path = name.decode() if isinstance(name, bytes) else name
         kept.append((os.dup(sock.fileno()), OWNS_FILE if path in owned else SOCKET))
-    listeners.files = []  # the new image removes them at its own exit
-    return kept
+    listeners.files = []
+    return kept, files
 
 
 def exec_self(kept: list[tuple[int, str]]) -> NoReturn:
@@ -126,6 +160,7 @@ def exec_self(kept: list[tuple[int, str]]) -> NoReturn:
         LISTEN_FDNAMES=":".join(name for _, name in kept),
     )
     os.chdir(_start_dir)
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # (see SIGNALS)
     os.execve(sys.executable, sys.orig_argv, env)
 
 

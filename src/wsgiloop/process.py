@@ -106,11 +106,28 @@ class PidFile:
         self.pid = os.getpid()
 
     def create(self) -> None:
+        """Write this pid, unless the file names another live process: a second instance
+        started by mistake must not take the running server's pid file (its exit would then
+        remove it). A file naming a dead process is stale and replaced; one naming this pid is
+        a handover's (see handover)."""
+        running = self._named()
+        if running is not None and running != self.pid and _alive(running):
+            raise ConfigError(
+                f"--pid {self.path}: names process {running}, which is running (another server "
+                "on the same pid file?); remove the file if it is stale"
+            )
         try:
             with open(self.path, "w", encoding="ascii") as f:
                 f.write(f"{self.pid}\n")
         except OSError as exc:
             raise ConfigError(f"--pid {self.path}: {exc.strerror}") from None
+
+    def _named(self) -> int | None:
+        try:
+            with open(self.path, encoding="ascii") as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
 
     def remove(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -118,6 +135,16 @@ class PidFile:
                 if int(f.read().strip() or 0) != self.pid:
                     return  # another server wrote it since: not ours to remove
             os.unlink(self.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    return True
 
 
 def become_worker(

@@ -79,6 +79,9 @@ def open_sockets(config: Config) -> Listeners:
     inherited = listen_fds_with_names()
     handed = handover.take(inherited)
     if handed is not None:
+        if config.bind or config.fd:
+            error_log.info("Listening sockets handed over by the reload (a changed --bind or "
+                           "--fd takes a restart)")
         return handed
     listeners = Listeners([sock for _, sock in inherited])
     try:
@@ -133,6 +136,7 @@ class Server:
         # once the drain begins, the duplicated listening sockets the new image gets.
         self.reloading = False
         self.kept: list[tuple[int, str]] | None = None
+        self.kept_files: list[SocketFile] = []  # their socket files, left for the new image
         self.cancelled = False  # SIGTERM/SIGINT came during the reload: just stop
         self.reload_task: asyncio.Task[None] | None = None
 
@@ -184,6 +188,9 @@ class Server:
             if self.telemetry is not None:
                 self.telemetry.report(final=True)  # the supervisor retires these figures
                 self.telemetry.close()
+            if self.reload_task is not None and not self.reload_task.done():
+                self.reload_task.cancel()  # stopped while checking the new code: no reload
+                await asyncio.gather(self.reload_task, return_exceptions=True)
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -205,8 +212,8 @@ class Server:
         if reason is not None:
             self.reloading = False
             error_log.error(
-                "Reload abandoned: the app does not load (%s); serving the code it loaded at "
-                "start; send SIGHUP to try again", reason
+                "Reload abandoned: %s; the code loaded before goes on serving; send SIGHUP to "
+                "try again", reason
             )
             return
         error_log.info("The app loads: draining, then starting again in this process")
@@ -279,7 +286,7 @@ class Server:
         if self.reloading and not self.cancelled:
             # A handover: the sockets stay open for the new image, which takes the connections
             # the kernel has queued (and those that come while this drains).
-            self.kept = handover.keep(self.listeners)
+            self.kept, self.kept_files = handover.keep(self.listeners)
             pending = []
         else:
             pending = [conn for sock in self.listeners.sockets for conn in accept_pending(sock)]
@@ -420,6 +427,9 @@ def run(
         def on_ready() -> None:
             systemd.notify("READY=1\nSTATUS=serving")
 
+    # The handlers are in, and take effect once the loop runs (uvloop sets its wake-up then):
+    # deliver what came while they were not (see handover.SIGNALS).
+    loop.call_soon(handover.unblock_signals)
     if on_ready is not None:
         loop.call_soon(_when_started, server, on_ready)
     try:
@@ -437,8 +447,8 @@ def run(
     if server.kept is not None and not server.cancelled:
         error_log.info("Drained: starting again (pid: %d)", os.getpid())
         raise handover.HandingOver(server.kept)
-    # (Stopped during a handover's drain: the socket files handed over stay, stale; the next
-    # start replaces them.)
+    for file in server.kept_files:  # stopped during a handover's drain: no new image
+        file.remove()
     error_log.info("Shutdown complete" if heartbeat is None else "Worker exiting (pid: %d)", *(
         () if heartbeat is None else (os.getpid(),)
     ))

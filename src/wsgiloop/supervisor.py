@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import exitcodes
+from . import exitcodes, handover
 from .board import Fleet, metrics_enabled
 from .config import Config
 from .hooks import ServerView, WorkerView
@@ -128,6 +128,7 @@ class Supervisor:
         signal.set_wakeup_fd(self.wake_w)
         for sig in _SIGNALS:
             signal.signal(sig, self._on_signal)
+        handover.unblock_signals()  # a handover into --workers N: now they are handled
         self.listeners = open_sockets(self.config)  # ListenError: nothing started yet
         own_sockets(self.listeners.sockets, *self.ids)
         error_log.info("Starting wsgiloop supervisor (pid: %d)", os.getpid())
