@@ -35,11 +35,21 @@ import re
 import signal
 import socket
 import sys
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from . import exitcodes
 from .config import Config
+from .lifecycle import Phase
 from .sockets import Listeners, SocketFile
+
+#: Where a standalone server is in a reload (``server.Server.reload_phase``):
+#: NO_RELOAD ──SIGHUP──▶ CHECKING ──the app loads──▶ DRAINING ──drained──▶ exec (``exec_self``);
+#: CHECKING ──it does not──▶ NO_RELOAD; CHECKING or DRAINING ──a stop──▶ CANCELLED (no new
+#: image).
+NO_RELOAD: Final = Phase("NO_RELOAD")
+CHECKING: Final = Phase("CHECKING")
+DRAINING: Final = Phase("DRAINING")
+CANCELLED: Final = Phase("CANCELLED")
 
 #: The signals the new image handles. exec resets their handlers to the default actions (which
 #: would kill it) until its own are installed, so they are blocked across the exec: one sent

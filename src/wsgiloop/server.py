@@ -25,7 +25,7 @@ from typing import Any
 from . import __version__, handover
 from .config import DEFAULT_BIND, Config
 from .hooks import ServerView, WorkerView
-from .lifecycle import IDLE
+from .lifecycle import IDLE, Phase
 from .logs import error_log, reopen_files
 from .process import become_worker, own_sockets
 from .protocol import HttpProtocol
@@ -132,13 +132,13 @@ class Server:
         self.publish = publish
         self.slot = slot
         self.telemetry: Telemetry | None = None
-        # SIGHUP with --workers 1 (``handover``): reloading (the check, then the drain), and
-        # once the drain begins, the duplicated listening sockets the new image gets.
-        self.reloading = False
-        self.kept: list[tuple[int, str]] | None = None
-        self.kept_files: list[SocketFile] = []  # their socket files, left for the new image
-        self.cancelled = False  # SIGTERM/SIGINT came during the reload: just stop
+        # SIGHUP with --workers 1 (``handover``): where the reload is, its task (the check),
+        # and once the drain begins, the duplicated listening sockets the new image gets and
+        # their socket files.
+        self.reload_phase: Phase = handover.NO_RELOAD
         self.reload_task: asyncio.Task[None] | None = None
+        self.kept: list[tuple[int, str]] = []
+        self.kept_files: list[SocketFile] = []
 
     async def serve(self, listeners: Listeners | None = None) -> None:
         """Serve until ``stop()``; then shut down gracefully. ``listeners`` are closed (and the
@@ -198,25 +198,26 @@ class Server:
 
     def stop(self) -> None:
         """Begin a graceful shutdown (call on the loop, or via ``call_soon_threadsafe``)."""
-        if self.reloading:
-            self.cancelled = True  # asked to stop: no new image after the drain
+        if self.reload_phase is handover.CHECKING or self.reload_phase is handover.DRAINING:
+            self.reload_phase = handover.CANCELLED  # asked to stop: no new image
         if self._stop is not None:
             self._stop.set()
 
     async def reload(self) -> None:
         """SIGHUP with --workers 1: if the app loads now, drain and hand over (``handover``)."""
-        self.reloading = True
+        self.reload_phase = handover.CHECKING
         reason = await handover.new_code_loads()
-        if self.cancelled or (self._stop is not None and self._stop.is_set()):
-            return  # stopping anyway
+        if self.reload_phase is not handover.CHECKING:
+            return  # stopping meanwhile
         if reason is not None:
-            self.reloading = False
+            self.reload_phase = handover.NO_RELOAD
             error_log.error(
                 "Reload abandoned: %s; the code loaded before goes on serving; send SIGHUP to "
                 "try again", reason
             )
             return
         error_log.info("The app loads: draining, then starting again in this process")
+        self.reload_phase = handover.DRAINING
         if self._stop is not None:
             self._stop.set()  # (not stop(): that is the cancel)
 
@@ -283,7 +284,7 @@ class Server:
         assert state is not None
         loop = asyncio.get_running_loop()
         state.stopping = True
-        if self.reloading and not self.cancelled:
+        if self.reload_phase is handover.DRAINING:
             # A handover: the sockets stay open for the new image, which takes the connections
             # the kernel has queued (and those that come while this drains).
             self.kept, self.kept_files = handover.keep(self.listeners)
@@ -410,13 +411,10 @@ def run(
         loop.add_signal_handler(sig, _on_signal, server, sig)
     loop.add_signal_handler(signal.SIGQUIT, _on_quit, server)
     loop.add_signal_handler(signal.SIGUSR1, reopen_files)
-    # SIGHUP: standalone, a reload by handover (see handover); a worker leaves reloads to its
-    # supervisor (a closed terminal or `kill -HUP -PGID` signals the whole group: the
-    # supervisor reloads, and this worker retires when told to, its requests finished).
+    # SIGHUP: standalone, a reload by handover (see handover). A worker ignores it from its
+    # fork on and leaves reloads to its supervisor (see Supervisor._worker_main).
     if heartbeat is None:
         loop.add_signal_handler(signal.SIGHUP, _on_hup, server)
-    else:
-        loop.add_signal_handler(signal.SIGHUP, _ignore)
     if config.hooks.worker_abort is not None:
         # Sent by the supervisor on --timeout: a loop too stuck to run a callback may still
         # run a Python signal handler between two bytecodes of whatever it is stuck in.
@@ -438,13 +436,13 @@ def run(
         if heartbeat is None:
             from . import systemd
 
-            handing_over = server.kept is not None and not server.cancelled
+            handing_over = server.reload_phase is handover.DRAINING
             systemd.notify("RELOADING=1" if handing_over else "STOPPING=1")
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
         asyncio.set_event_loop(None)
         loop.close()
-    if server.kept is not None and not server.cancelled:
+    if server.reload_phase is handover.DRAINING:
         error_log.info("Drained: starting again (pid: %d)", os.getpid())
         raise handover.HandingOver(server.kept)
     for file in server.kept_files:  # stopped during a handover's drain: no new image
@@ -471,7 +469,8 @@ def _on_signal(server: Server, sig: signal.Signals) -> None:
 
 def _on_hup(server: Server) -> None:
     """SIGHUP with --workers 1: reload by handover, when this process can start again."""
-    if server.reloading or (server._stop is not None and server._stop.is_set()):
+    if server.reload_phase is not handover.NO_RELOAD or (server._stop is not None
+                                                    and server._stop.is_set()):
         error_log.info("Received SIGHUP: ignored, already reloading or stopping")
         return
     reason = handover.unavailable(server.config)
@@ -481,10 +480,6 @@ def _on_hup(server: Server) -> None:
         return
     error_log.info("Received SIGHUP: reloading (checking that the app loads)")
     server.reload_task = asyncio.get_running_loop().create_task(server.reload())
-
-
-def _ignore() -> None:
-    """A worker's SIGHUP: the supervisor reloads (see supervisor), not the worker."""
 
 
 def _on_quit(server: Server) -> None:

@@ -362,8 +362,9 @@ class Supervisor:
         from .server import run
 
         for sig in _SIGNALS:
-            # SIGHUP: reloads are the supervisor's; ignored from the fork on, so that one sent to
-            # the whole group while the app imports does not kill the worker (see server.run).
+            # SIGHUP: reloads are the supervisor's. A worker ignores it for good (a closed
+            # terminal or `kill -HUP -PGID` signals the whole group: the supervisor reloads,
+            # and the worker retires when told to, its requests finished).
             signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked by _spawn for the fork
