@@ -69,7 +69,6 @@ _DONE = h11.DONE
 _SEND_BODY = h11.SEND_BODY
 _MUST_CLOSE = h11.MUST_CLOSE
 
-_NEXT = NEXT
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _ASK_SOCKET: dict[str, Any] = {}  # base_environ until connection_made asks the socket
 _NO_PEER = ("", "")  # a Unix socket: the proxy in front knows the client (see proxy)
@@ -134,7 +133,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _enter(self, phase: Phase) -> None:
         """Move to ``phase`` (checked against ``lifecycle.NEXT``) and set its deadline."""
-        if phase not in _NEXT[self.phase]:
+        if phase not in NEXT[self.phase]:
             check_move(self.phase, phase)  # raises, saying which move
         self.phase = phase
         seconds = self.state.timeouts[phase]
